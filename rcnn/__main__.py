@@ -1,0 +1,5 @@
+import sys
+
+from rcnn.cli import main
+
+sys.exit(main())

@@ -1,0 +1,111 @@
+"""The ``rcnn`` command: argument parsing and dispatch; the work lives in the modules."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rcnn.errors import RcnnError
+
+MODELS = ("rcnn", "sppnet", "fast-rcnn", "faster-rcnn")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rcnn", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser(
+        "demo", help="built-in shapes -> train Faster R-CNN -> eval -> pictures"
+    )
+    demo.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
+
+    data = commands.add_parser("data", help="write a built-in data set to disk")
+    data_kinds = data.add_subparsers(dest="kind", required=True, metavar="KIND")
+    shapes = data_kinds.add_parser("shapes", help="the synthetic shapes set, in the VOC layout")
+    shapes.add_argument("--out", required=True, help="directory to write")
+    shapes.add_argument("--train", type=int, default=None, help="number of training images")
+    shapes.add_argument("--test", type=int, default=None, help="number of test images")
+    shapes.add_argument("--seed", type=int, default=0)
+
+    train = commands.add_parser("train", help="train a detector")
+    train.add_argument("--model", choices=MODELS, required=True)
+    train.add_argument("--data", required=True, help="shapes | voc:DIR | coco:ANN.json[:IMAGE_DIR]")
+    train.add_argument("--out", required=True, help="run directory")
+    train.add_argument("--backbone", default=None)
+    train.add_argument("--pretrained", default=None, help="torchvision-format weight file")
+    train.add_argument("--epochs", type=int, default=None)
+    train.add_argument("--time-budget", type=float, default=None, metavar="MINUTES")
+    train.add_argument("--config", default=None, help="TOML file of settings")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    train.add_argument("--resume", action="store_true")
+
+    evaluate = commands.add_parser("eval", help="evaluate a run; writes RUN/metrics.json")
+    evaluate.add_argument("run")
+    evaluate.add_argument("--data", required=True)
+    evaluate.add_argument("--split", default=None, help="default: test, falling back to val")
+
+    detect = commands.add_parser("detect", help="detect objects in images or a data set split")
+    detect.add_argument("run")
+    detect.add_argument("inputs", nargs="+", metavar="IMAGE_OR_SPEC")
+    detect.add_argument("--split", default=None)
+    detect.add_argument("--out", default=None, help="directory for pictures")
+    detect.add_argument("--score-thresh", type=float, default=0.5)
+    detect.add_argument("--json", action="store_true", help="one JSON object per image")
+
+    proposals = commands.add_parser("proposals", help="region proposals of an image or data set")
+    proposals.add_argument("input", metavar="IMAGE_OR_SPEC")
+    proposals.add_argument("--split", default=None)
+    proposals.add_argument("--method", default="selective-search", choices=("selective-search",))
+    proposals.add_argument("--mode", default="fast", choices=("fast", "quality"))
+    proposals.add_argument("--recall", action="store_true", help="recall and MABO over a split")
+    proposals.add_argument("--json", action="store_true")
+    proposals.add_argument("--out", default=None, help="directory for pictures")
+
+    lineage = commands.add_parser("lineage", help="the four models side by side")
+    lineage.add_argument("--data", required=True)
+    lineage.add_argument("--out", required=True)
+
+    bench = commands.add_parser("bench", help="timings, one table")
+    bench.add_argument("what", nargs="?", default="all", choices=("ops", "models", "all"))
+
+    export = commands.add_parser("export", help="export a trained Faster R-CNN")
+    export.add_argument("run")
+    export.add_argument("--onnx", required=True, metavar="FILE")
+    return parser
+
+
+def _not_yet(what: str, issue: int):
+    def handler(args: argparse.Namespace) -> int:
+        print(f"rcnn {args.command}: not implemented yet ({what}; issue #{issue})", file=sys.stderr)
+        return 2
+
+    return handler
+
+
+HANDLERS = {
+    "demo": _not_yet("shapes -> Faster R-CNN -> eval -> pictures", 4),
+    "data": _not_yet("write the shapes set in the VOC layout", 3),
+    "train": _not_yet("train any of the four models", 4),
+    "eval": _not_yet("VOC and COCO metrics of a run", 3),
+    "detect": _not_yet("detections as pictures or JSON", 4),
+    "proposals": _not_yet("selective search proposals and their recall", 5),
+    "lineage": _not_yet("the four models side by side", 5),
+    "bench": _not_yet("timings of the ops and models", 2),
+    "export": _not_yet("ONNX export of Faster R-CNN", 7),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return HANDLERS[args.command](args)
+    except RcnnError as error:
+        print(f"rcnn: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("rcnn: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
