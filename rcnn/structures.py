@@ -1,0 +1,63 @@
+"""What flows between the parts: ground truth of an image, and a detector's output for it.
+
+Both hold boxes in the conventions of ``rcnn.boxes`` (float xyxy pixels, labels in [1, K]).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Annotation:
+    """Ground truth of one image, in that image's pixel coordinates.
+
+    boxes (G, 4) float32 xyxy; labels (G,) int64 in [1, K]; difficult (G,) bool: VOC's
+    'difficult' or COCO's 'iscrowd'. Difficult boxes are excluded from AP (neither a hit nor
+    a miss, as the VOC devkit does) and are not used as training targets.
+    """
+
+    boxes: Tensor
+    labels: Tensor
+    difficult: Tensor
+
+    def __post_init__(self) -> None:
+        g = self.boxes.shape[0]
+        if self.boxes.shape != (g, 4) or self.labels.shape != (g,) or self.difficult.shape != (g,):
+            shapes = [tuple(t.shape) for t in (self.boxes, self.labels, self.difficult)]
+            raise ValueError(
+                f"Annotation needs boxes (G, 4), labels (G,), difficult (G,); got {shapes}"
+            )
+
+    @classmethod
+    def empty(cls) -> Annotation:
+        """An image with no objects."""
+        return cls(
+            torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.bool)
+        )
+
+    def __len__(self) -> int:
+        return self.boxes.shape[0]
+
+
+@dataclass(frozen=True)
+class Detections:
+    """A detector's output for one image: boxes (D, 4), scores (D,), labels (D,) in [1, K]."""
+
+    boxes: Tensor
+    scores: Tensor
+    labels: Tensor
+
+    def __post_init__(self) -> None:
+        d = self.boxes.shape[0]
+        if self.boxes.shape != (d, 4) or self.scores.shape != (d,) or self.labels.shape != (d,):
+            shapes = [tuple(t.shape) for t in (self.boxes, self.scores, self.labels)]
+            raise ValueError(
+                f"Detections need boxes (D, 4), scores (D,), labels (D,); got {shapes}"
+            )
+
+    def __len__(self) -> int:
+        return self.boxes.shape[0]
