@@ -20,7 +20,7 @@ from torch import Tensor
 
 from rcnn.box_coder import BoxCoder
 from rcnn.boxes import box_iou
-from rcnn.matching import match_boxes, sample_balanced
+from rcnn.matching import match_boxes, matched_labels, sample_balanced
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def anchor_targets(
     matches = match_boxes(
         iou, config.positive_iou, (0.0, config.negative_iou), allow_low_quality=True
     )
-    inside_labels = torch.where(matches >= 0, 1, torch.where(matches == -1, 0, -1))
+    inside_labels = matched_labels(matches, torch.ones_like(matches[: gt_boxes.shape[0]]))
     # 4. a balanced sample of 256
     positive, negative = sample_balanced(
         inside_labels, config.batch_size_per_image, config.positive_fraction, generator

@@ -49,6 +49,15 @@ def match_boxes(
     return matches
 
 
+def matched_labels(matches: Tensor, gt_labels: Tensor) -> Tensor:
+    """Training labels from ``matches (B,)``: the matched box's label from ``gt_labels (G,)``,
+    0 for NEGATIVE, -1 for IGNORE."""
+    padded = torch.cat(
+        (gt_labels.new_tensor([-1, 0]), gt_labels)
+    )  # index m + 2: IGNORE, NEGATIVE, gt
+    return padded[matches + 2]
+
+
 def sample_balanced(
     labels: Tensor,
     num_samples: int,

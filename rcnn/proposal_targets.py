@@ -20,7 +20,7 @@ from torch import Tensor
 
 from rcnn.box_coder import BoxCoder
 from rcnn.boxes import box_iou
-from rcnn.matching import match_boxes, sample_balanced
+from rcnn.matching import match_boxes, matched_labels, sample_balanced
 
 
 @dataclass(frozen=True)
@@ -59,17 +59,14 @@ def proposal_targets(
     # 2. foreground, background, unused
     iou = box_iou(gt_boxes.to(candidates.dtype), candidates)
     matches = match_boxes(iou, config.foreground_iou, config.background_iou)
-    labels = torch.where(
-        matches >= 0, gt_labels[matches.clamp(min=0)], torch.where(matches == -1, 0, -1)
-    )
+    labels = matched_labels(matches, gt_labels)
     # 3. a sample of at most 25% foreground
     foreground, background = sample_balanced(
         labels, config.batch_size_per_image, config.foreground_fraction, generator
     )
     indices = torch.cat((foreground, background))
     rois = candidates[indices]
-    sampled_labels = labels[indices]
-    sampled_labels[foreground.numel() :] = 0
+    sampled_labels = labels[indices]  # foreground first, then background (0)
     # 4. regression targets of the foreground
     targets = torch.zeros_like(rois)
     matched = gt_boxes[matches[foreground]].to(rois.dtype)

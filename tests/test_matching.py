@@ -1,6 +1,6 @@
 import torch
 
-from rcnn.matching import IGNORE, NEGATIVE, match_boxes, sample_balanced
+from rcnn.matching import IGNORE, NEGATIVE, match_boxes, matched_labels, sample_balanced
 
 
 def test_match_boxes_thresholds():
@@ -48,3 +48,11 @@ def test_sample_balanced_is_seeded_and_empty_safe():
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     pos, neg = sample_balanced(torch.zeros(0, dtype=torch.int64), 10, 0.5)
     assert pos.numel() == 0 and neg.numel() == 0
+
+
+def test_matched_labels():
+    matches = torch.tensor([1, NEGATIVE, IGNORE, 0])
+    assert matched_labels(matches, torch.tensor([7, 3])).tolist() == [3, 0, -1, 7]
+    assert matched_labels(torch.tensor([NEGATIVE]), torch.zeros(0, dtype=torch.int64)).tolist() == [
+        0
+    ]
