@@ -114,3 +114,13 @@ def cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
 def _check_boxes(boxes: Tensor, name: str) -> None:
     if boxes.dim() != 2 or boxes.shape[-1] != 4:
         raise ValueError(f"{name} must be (B, 4) xyxy boxes, got shape {tuple(boxes.shape)}")
+
+
+def to_rois(boxes_per_image: list[Tensor]) -> Tensor:
+    """Per-image boxes [(B_i, 4), ...] -> RoIs (sum B_i, 5): [batch_index, x1, y1, x2, y2]."""
+    if not boxes_per_image:
+        return torch.zeros(0, 5)
+    indices = [torch.full_like(b[:, :1], i) for i, b in enumerate(boxes_per_image)]
+    return torch.cat(
+        [torch.cat(pair, dim=1) for pair in zip(indices, boxes_per_image, strict=True)]
+    )

@@ -61,3 +61,36 @@ class Detections:
 
     def __len__(self) -> int:
         return self.boxes.shape[0]
+
+
+@dataclass(frozen=True)
+class ImageBatch:
+    """What a detector's forward pass takes: N resized, normalised images, zero-padded to one size.
+
+    images (N, 3, H, W) float; image_sizes: each image's (h, w) before padding; scales: resized
+    size / original size per image; annotations: ground truth in the resized pixels (training).
+    """
+
+    images: Tensor
+    image_sizes: list[tuple[int, int]]
+    scales: list[float]
+    annotations: list[Annotation] | None = None
+
+    def to(self, device: torch.device | str) -> ImageBatch:
+        annotations = None
+        if self.annotations is not None:
+            annotations = [
+                Annotation(a.boxes.to(device), a.labels.to(device), a.difficult.to(device))
+                for a in self.annotations
+            ]
+        return ImageBatch(self.images.to(device), self.image_sizes, self.scales, annotations)
+
+    def training_targets(self) -> tuple[list[Tensor], list[Tensor]]:
+        """Per image, the boxes (G_i, 4) and labels (G_i,) to train on: difficult ones left out."""
+        if self.annotations is None:
+            raise ValueError("this batch has no annotations to train on")
+        keep = [~a.difficult for a in self.annotations]
+        return (
+            [a.boxes[k] for a, k in zip(self.annotations, keep, strict=True)],
+            [a.labels[k] for a, k in zip(self.annotations, keep, strict=True)],
+        )

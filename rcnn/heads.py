@@ -1,0 +1,84 @@
+"""The two heads that sit on the shared feature map.
+
+RPNHead (Faster R-CNN section 3.1): an n x n (3 x 3) convolution slides over the feature map,
+followed by ReLU and two sibling 1 x 1 convolutions: a box-classification layer giving an
+objectness score per anchor and a box-regression layer giving 4 deltas per anchor. We use the
+paper's logistic-regression form (k scores with a sigmoid rather than 2k with a softmax).
+
+FastRCNNHead (Fast R-CNN section 2): each RoI's features are pooled to a fixed p x p grid (RoI
+max pooling, or RoIAlign), passed through the backbone's per-region layers (fc6, fc7 for
+VGG16) and two sibling layers: a softmax over K + 1 classes and class-specific box regression
+(4 deltas for each of the K + 1 classes; the background's are never trained or used).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from rcnn.ops import roi_align, roi_pool
+
+RoIOp = Literal["pool", "align"]
+
+
+class RPNHead(nn.Module):
+    def __init__(self, in_channels: int, mid_channels: int, num_anchors: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, mid_channels, 3, padding=1)
+        self.objectness = nn.Conv2d(mid_channels, num_anchors, 1)
+        self.deltas = nn.Conv2d(mid_channels, num_anchors * 4, 1)
+        for layer in (self.conv, self.objectness, self.deltas):
+            nn.init.normal_(layer.weight, std=0.01)  # py-faster-rcnn's initialisation
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        """features (N, C, H, W) -> objectness logits (N, H*W*A), deltas (N, H*W*A, 4).
+
+        The order (H, W, A) matches ``rcnn.anchors.shift_anchors``.
+        """
+        hidden = torch.relu(self.conv(features))
+        n = features.shape[0]
+        objectness = (
+            self.objectness(hidden).permute(0, 2, 3, 1).reshape(n, -1)
+        )  # (N, A, H, W) -> (N, H*W*A)
+        deltas = self.deltas(hidden)  # (N, A*4, H, W)
+        deltas = deltas.permute(0, 2, 3, 1).reshape(n, -1, 4)  # -> (N, H, W, A*4) -> (N, H*W*A, 4)
+        return objectness, deltas
+
+
+class FastRCNNHead(nn.Module):
+    """RoI pooling + the backbone's per-region layers + the two sibling output layers."""
+
+    def __init__(
+        self,
+        representation: nn.Module,
+        representation_size: int,
+        num_classes: int,
+        pool_size: int,
+        spatial_scale: float,
+        roi_op: RoIOp = "pool",
+    ):
+        super().__init__()
+        self.representation = representation
+        self.cls_score = nn.Linear(representation_size, num_classes + 1)
+        self.bbox_pred = nn.Linear(representation_size, (num_classes + 1) * 4)
+        nn.init.normal_(self.cls_score.weight, std=0.01)  # Fast R-CNN's initialisation
+        nn.init.normal_(self.bbox_pred.weight, std=0.001)
+        nn.init.zeros_(self.cls_score.bias)
+        nn.init.zeros_(self.bbox_pred.bias)
+        self.pool_size = pool_size
+        self.spatial_scale = spatial_scale
+        self.roi_op = roi_op
+
+    def pool(self, features: Tensor, rois: Tensor) -> Tensor:
+        """features (N, C, H, W), rois (R, 5) -> (R, C, p, p)."""
+        if self.roi_op == "align":
+            return roi_align(features, rois, self.pool_size, self.spatial_scale, sampling_ratio=2)
+        return roi_pool(features, rois, self.pool_size, self.spatial_scale)
+
+    def forward(self, features: Tensor, rois: Tensor) -> tuple[Tensor, Tensor]:
+        """-> class logits (R, K+1), class-specific box deltas (R, (K+1)*4)."""
+        x = self.representation(self.pool(features, rois))
+        return self.cls_score(x), self.bbox_pred(x)
