@@ -6,17 +6,13 @@ tensors ("optimizer.*") and the random generators' states ("rng.*"), with everyt
 means the weights and the trainer state can never be out of step after a crash, and
 safetensors means loading a checkpoint cannot run code.
 
-Writes go to a temporary file in the same directory, are flushed and fsynced, then renamed
-over the old file (atomic on POSIX), and the directory is fsynced: a run killed at any moment
-leaves either the previous checkpoint or the new one, never a torn file.
+Writes are atomic (``rcnn.files.atomic_write``): a run killed at any moment leaves either the
+previous checkpoint or the new one, never a torn file.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,28 +22,9 @@ from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
 from rcnn.errors import RcnnError
+from rcnn.files import atomic_write
 
 _STATE_KEY = "rcnn_state"
-
-
-def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Call ``write(file)`` on a temporary file beside ``path``, then move it into place."""
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, mode) as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 def save(path: str | Path, tensors: dict[str, Tensor], state: dict[str, Any] | None = None) -> None:

@@ -5,6 +5,7 @@ import torch
 
 from rcnn import checkpoint
 from rcnn.errors import RcnnError
+from rcnn.files import atomic_write
 
 
 def test_round_trip_with_state(tmp_path):
@@ -40,7 +41,7 @@ def test_a_failed_write_leaves_the_old_file(tmp_path):
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        checkpoint.atomic_write(path, crash)
+        atomic_write(path, crash)
     _, state = checkpoint.load(path)
     assert state == {"epoch": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.safetensors"]  # no temporary left
