@@ -39,7 +39,7 @@ def decode_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Tensor:
             raise BadSampleError(path, f"corrupt or truncated image ({error})") from None
         rgb = np.asarray(to_rgb(image))
     # (H, W, 3) -> (3, H, W), copied in NumPy: a small torch copy may wait for its thread pool
-    return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
+    return torch.from_numpy(np.array(rgb.transpose(2, 0, 1), order="C"))
 
 
 def read_image_size(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
