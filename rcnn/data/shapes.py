@@ -6,15 +6,16 @@ and the train, val and test streams never share an image.
 
 An image (shorter side 240-320 px, aspect 3:4 to 4:3) has a textured background (a colour
 gradient or soft blotches, sometimes stripes, always sensor-like noise), non-object clutter
-(lines, scribbles, ragged blobs) and 1-8 objects of 8 classes, filled or outlined, in
+(lines, scribbles, open arcs, paint splats) and 1-8 objects of 8 classes, filled or outlined, in
 contrasting colours, sizes log-uniform from 12 px to 80% of the shorter side, with rotations
 and (where the class allows it) varied aspect ratios. Objects may overlap or leave the image,
 but each keeps at least 60% of its pixels visible, and its box is the tight box of its
 VISIBLE pixels (as the VOC guidelines ask), on integer pixel edges.
 
 Each class stays unambiguous at every size it is drawn at: an ellipse's axes differ by at
-least 1.7x, small sizes are reserved for the classes that read at that size (stars,
-hexagons and hearts start at 18-20 px) and outlines (at least 2 px) only appear from 24 px.
+least 1.7x, small sizes are reserved for the classes that read at that size (crosses,
+stars, hearts and hexagons start at 18-20 px), outlines (at least 2 px) only appear from
+24 px, and no clutter is closed and regular like a class (arcs stop at half a circle).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from rcnn.structures import Annotation
 # Sorted, as the VOC reader sorts the names it finds: written and read back, labels agree.
 CLASS_NAMES = ("circle", "cross", "ellipse", "heart", "hexagon", "square", "star", "triangle")
 # Smallest size (px, along the shape's longer axis) at which each class is still readable.
-MIN_SIZES = {"circle": 12, "cross": 14, "ellipse": 14, "heart": 18, "hexagon": 20,
+MIN_SIZES = {"circle": 12, "cross": 18, "ellipse": 14, "heart": 18, "hexagon": 20,
              "square": 12, "star": 18, "triangle": 12}  # fmt: skip
 # Each split draws from its own random stream.
 SPLIT_STREAMS = {"train": 0, "val": 1, "test": 2}
