@@ -74,6 +74,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _data(args: argparse.Namespace) -> int:
+    """``rcnn data shapes``: write the built-in set in the VOC layout."""
+    from rcnn.data.shapes import DEFAULT_SIZES, ShapesDataset
+    from rcnn.data.voc import export_voc
+
+    sizes = {"train": args.train, "test": args.test}
+    for split, size in sizes.items():
+        size = DEFAULT_SIZES[split] if size is None else size
+        export_voc(ShapesDataset(split, size, args.seed), args.out)
+        print(f"wrote {size} {split} images to {args.out}")
+    return 0
+
+
 def _not_yet(what: str, issue: int):
     def handler(args: argparse.Namespace) -> int:
         print(f"rcnn {args.command}: not implemented yet ({what}; issue #{issue})", file=sys.stderr)
@@ -84,7 +97,7 @@ def _not_yet(what: str, issue: int):
 
 HANDLERS = {
     "demo": _not_yet("shapes -> Faster R-CNN -> eval -> pictures", 4),
-    "data": _not_yet("write the shapes set in the VOC layout", 3),
+    "data": _data,
     "train": _not_yet("train any of the four models", 4),
     "eval": _not_yet("VOC and COCO metrics of a run", 3),
     "detect": _not_yet("detections as pictures or JSON", 4),

@@ -1,0 +1,131 @@
+"""Loading: parallel, streaming, and repeatable to the sample, so a resumed run sees the same data.
+
+The order of an epoch is a function of ``(seed, epoch)`` alone (``EpochSampler``), and the
+random choices of the transform for one sample a function of ``(seed, epoch, index)`` alone
+(``TransformedDataset``): neither depends on the number of workers, on which worker loads the
+sample, or on where a run was stopped. A trainer does::
+
+    loader = make_loader(dataset, batch_size, transform=TrainTransform(...), seed=seed)
+    for epoch in range(first_epoch, epochs):
+        loader.sampler.set_epoch(epoch, start=samples_done if epoch == first_epoch else 0)
+        for samples in loader:  # a list of Samples
+            ...
+"""
+
+from __future__ import annotations
+
+import random
+import warnings
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from rcnn.data.dataset import DetectionDataset, Sample
+from rcnn.errors import BadSampleError
+
+Transform = Callable[[Sample, torch.Generator], Sample]
+
+
+class EpochSampler(Sampler):
+    """The keys ``(epoch, index)`` of one epoch, in an order fixed by ``(seed, epoch)``.
+
+    shuffle: a fresh permutation of ``range(size)`` each epoch (else the plain order).
+    ``set_epoch(e, start=p)`` selects epoch ``e`` and skips its first ``p`` samples: resuming
+    after ``p`` samples gives exactly the rest of the order an unbroken run would have seen.
+    """
+
+    def __init__(self, size: int, seed: int = 0, shuffle: bool = True):
+        self.size, self.seed, self.shuffle = size, seed, shuffle
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        if not 0 <= start <= self.size:
+            raise ValueError(f"start must be in [0, {self.size}], got {start}")
+        self.epoch, self.start = epoch, start
+
+    def order(self, epoch: int) -> list[int]:
+        """The data set indices of ``epoch``, in the order they are visited."""
+        if not self.shuffle:
+            return list(range(self.size))
+        generator = torch.Generator().manual_seed(_mix(self.seed, epoch))
+        return torch.randperm(self.size, generator=generator).tolist()
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch
+        return iter([(epoch, index) for index in self.order(epoch)[self.start :]])
+
+    def __len__(self) -> int:
+        return self.size - self.start
+
+
+class TransformedDataset(Dataset):
+    """``dataset[index]`` passed through ``transform``, looked up by ``(epoch, index)`` keys.
+
+    The transform gets a ``torch.Generator`` seeded from ``(seed, epoch, index)``, so its
+    random choices repeat exactly. A BadSampleError while decoding is raised, or, when the
+    data set was opened with ``on_bad_sample="skip"``, warned about and the sample replaced
+    by None (``collate_samples`` leaves it out of the batch).
+    """
+
+    def __init__(self, dataset: DetectionDataset, transform: Transform | None = None, seed=0):
+        self.dataset, self.transform, self.seed = dataset, transform, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> Sample | None:
+        epoch, index = key
+        try:
+            sample = self.dataset[index]
+        except BadSampleError as error:
+            if self.dataset.on_bad_sample != "skip":
+                raise
+            warnings.warn(f"skipped a bad sample: {error}", stacklevel=2)
+            return None
+        if self.transform is None:
+            return sample
+        generator = torch.Generator().manual_seed(_mix(self.seed, epoch, index))
+        return self.transform(sample, generator)
+
+
+def collate_samples(batch: list[Sample | None]) -> list[Sample]:
+    """A batch is the list of its Samples (images differ in size; the model batches them)."""
+    return [sample for sample in batch if sample is not None]
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed Python's and NumPy's generators in a worker from torch's per-worker seed, for
+    transforms that draw from them instead of the generator they are given."""
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def make_loader(
+    dataset: DetectionDataset,
+    batch_size: int = 1,
+    transform: Transform | None = None,
+    shuffle: bool = True,
+    seed: int = 0,
+    num_workers: int = 0,
+) -> DataLoader:
+    """A DataLoader of lists of Samples over ``dataset`` with an ``EpochSampler``
+    (``loader.sampler``). Workers stay alive between epochs and load ahead while the model
+    works; the last, smaller batch of an epoch is kept."""
+    return DataLoader(
+        TransformedDataset(dataset, transform, seed),
+        batch_size=batch_size,
+        sampler=EpochSampler(len(dataset), seed, shuffle),
+        collate_fn=collate_samples,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        worker_init_fn=seed_worker,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def _mix(*numbers: int) -> int:
+    """A well-mixed 64-bit seed from a few non-negative integers."""
+    return int(np.random.SeedSequence(list(numbers)).generate_state(1, np.uint64)[0])
