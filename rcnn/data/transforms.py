@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rcnn.data.dataset import Sample
+from rcnn.structures import ImageBatch
 
 # The statistics torchvision's ImageNet-trained backbones were trained with (RGB, in [0, 1]).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -109,3 +110,12 @@ class TrainTransform:
             scale=sample.scale * scale,
             flipped=sample.flipped != flip,
         )
+
+
+def make_batch(
+    samples: Sequence[Sample], mean: Sequence[float], std: Sequence[float], size_divisible: int
+) -> ImageBatch:
+    """Transformed Samples -> the ImageBatch a detector takes: normalised, zero-padded images,
+    their sizes and scales, and their annotations (in the resized pixels)."""
+    images, sizes = batch_images([normalize(s.image, mean, std) for s in samples], size_divisible)
+    return ImageBatch(images, sizes, [s.scale for s in samples], [s.annotation for s in samples])

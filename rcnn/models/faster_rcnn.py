@@ -82,12 +82,14 @@ class FasterRCNN(nn.Module):
             roi_op,
         )
         self.coder = BoxCoder.fast_rcnn()
+        self.pixel_stats = (tuple(backbone.pixel_mean), tuple(backbone.pixel_std))
         self.frozen = {name for name, p in self.named_parameters() if not p.requires_grad}
         self.proposal_trunk: nn.Module | None = None  # alternating training, step 2 only
         self.initial_trunk = (
             copy.deepcopy(self.trunk.state_dict()) if config.scheme == "alternating" else None
         )
-        self.stage = STAGES[config.scheme][0]
+        self.stages = STAGES[config.scheme]
+        self.stage = self.stages[0]
 
     def forward(self, batch: ImageBatch) -> dict[str, Tensor] | list[Detections]:
         """Training: the losses of the current stage. Evaluation: one Detections per image, in

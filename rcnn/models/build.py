@@ -1,0 +1,75 @@
+"""A run's whole configuration, its presets, and building the model it names.
+
+``RunConfig`` nests every component's frozen dataclass, so one TOML file or a list of
+``--set key=value`` overrides can reach any setting (``rcnn.config``). The model section in
+use is the one ``model`` names; the others are ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+from torch import nn
+
+from rcnn.anchors import AnchorConfig
+from rcnn.backbones import build_backbone
+from rcnn.models.faster_rcnn import FasterRCNN, FasterRCNNConfig
+from rcnn.optim import TrainConfig
+from rcnn.proposals import ProposalConfig
+from rcnn.rpn import RPNConfig
+
+ModelName = Literal["rcnn", "sppnet", "fast-rcnn", "faster-rcnn"]
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    """How images are resized: the shorter side to one of ``min_sizes`` (one picked per training
+    image: multi-scale training when several) unless the longer side would pass ``max_size``
+    (the papers' 600 / 1000); ``test_size`` at test time."""
+
+    min_sizes: tuple[int, ...] = (600,)
+    max_size: int = 1000
+    test_size: int = 600
+    flip: bool = True
+    size_divisible: int = 16
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: ModelName = "faster-rcnn"
+    backbone: str = "vgg16"
+    pretrained: str | None = None
+    input: InputConfig = field(default_factory=InputConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    faster_rcnn: FasterRCNNConfig = field(default_factory=FasterRCNNConfig)
+
+
+def preset(model: ModelName, backbone: str) -> RunConfig:
+    """The defaults for a model on a backbone: the papers' settings for the paper backbones;
+    for the small CPU backbone, settings for ~320 px images with objects from ~12 px."""
+    config = RunConfig(model=model, backbone=backbone)
+    if backbone != "small":
+        return config
+    return dataclasses.replace(
+        config,
+        input=InputConfig(min_sizes=(320,), max_size=512, test_size=320),
+        faster_rcnn=dataclasses.replace(
+            config.faster_rcnn,
+            rpn=RPNConfig(
+                anchors=AnchorConfig(scales=(1.0, 2.0, 4.0, 8.0, 16.0)),
+                proposals=ProposalConfig(
+                    pre_nms_top_n=(2000, 1000), post_nms_top_n=(500, 100), min_size=4.0
+                ),
+            ),
+        ),
+    )
+
+
+def build_model(config: RunConfig, num_classes: int) -> nn.Module:
+    """The model ``config.model`` names, on its backbone (with pretrained weights if given)."""
+    backbone = build_backbone(config.backbone, config.pretrained)
+    if config.model == "faster-rcnn":
+        return FasterRCNN(backbone, num_classes, config.faster_rcnn)
+    raise NotImplementedError(f"model {config.model!r} is not built yet")

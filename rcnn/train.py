@@ -1,0 +1,251 @@
+"""One training loop for every model: stages, SGD, checkpoints, resume, time budget, logs.
+
+A model trains in one or more stages (Faster R-CNN's approximate joint training has one, its
+4-step alternating training four). Each stage gets its share of the epochs (and of a time
+budget), a fresh SGD optimizer over what that stage trains, warm-up and step decay. After
+every epoch, and every ``checkpoint_every`` iterations, one checkpoint file is written
+atomically; ``resume`` restores weights, optimizer, random generator and the position in the
+data, so on the CPU a resumed run ends with the same weights as an uninterrupted one. A time
+budget stops the run cleanly (checkpoint first); a loss that stops being finite stops it with
+the stage, epoch and step named.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from rcnn import checkpoint
+from rcnn.data.dataset import DetectionDataset
+from rcnn.data.loader import make_loader
+from rcnn.data.transforms import TrainTransform, make_batch
+from rcnn.errors import RcnnError
+from rcnn.models.build import RunConfig
+from rcnn.optim import learning_rate_factor, make_optimizer, set_learning_rate
+
+CHECKPOINT = "checkpoint.safetensors"
+LOG = "log.jsonl"
+LOG_EVERY = 10  # iterations between log lines
+
+
+@dataclass
+class Position:
+    """Where training stands: stage, epoch within it, batch within the epoch, iterations done
+    in the stage, and training seconds spent over all sessions (stage and total)."""
+
+    stage: int = 0
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    stage_seconds: float = 0.0
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the run will do: its stages, epochs per stage, iterations per epoch, and seconds
+    per stage when there is a time budget."""
+
+    stages: tuple[str, ...]
+    epochs: tuple[int, ...]
+    iterations: int
+    budgets: tuple[float, ...] | None
+
+    def progress(self, position: Position) -> float:
+        """How far through its stage the run is, by iterations or by the clock if further."""
+        done = position.step / max(1, self.epochs[position.stage] * self.iterations)
+        if self.budgets is None:
+            return done
+        return max(done, position.stage_seconds / self.budgets[position.stage])
+
+
+def make_plan(
+    config: RunConfig, stages: tuple[str, ...], size: int, budget_minutes: float | None
+) -> Plan:
+    """Epochs split by ``train.stage_shares`` (equal by default, at least one per stage)."""
+    shares = config.train.stage_shares or (1.0,) * len(stages)
+    if len(shares) != len(stages):
+        raise RcnnError(
+            f"train.stage_shares needs {len(stages)} values, one per stage: {', '.join(stages)}"
+        )
+    epochs = tuple(max(1, round(config.train.epochs * s / sum(shares))) for s in shares)
+    budgets = (
+        None
+        if budget_minutes is None
+        else tuple(60 * budget_minutes * s / sum(shares) for s in shares)
+    )
+    return Plan(stages, epochs, math.ceil(size / config.train.images_per_batch), budgets)
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: nn.Module,
+        dataset: DetectionDataset,
+        config: RunConfig,
+        run_dir: Path,
+        pixel_stats: tuple[tuple[float, ...], tuple[float, ...]],
+        evaluate: Callable[[nn.Module], float] | None = None,
+        time_budget: float | None = None,
+    ):
+        self.model, self.dataset, self.config, self.run_dir = model, dataset, config, Path(run_dir)
+        self.pixel_stats = pixel_stats
+        self.evaluate = evaluate
+        self.plan = make_plan(config, model.stages, len(dataset), time_budget)
+        transform = TrainTransform(
+            config.input.min_sizes, config.input.max_size, 0.5 if config.input.flip else 0.0
+        )
+        self.loader = make_loader(
+            dataset,
+            config.train.images_per_batch,
+            transform,
+            True,
+            config.train.seed,
+            config.train.workers,
+        )
+        self.position = Position()
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    def run(self, resume: bool = False) -> bool:
+        """Train to the end of the plan; True if finished, False if the time budget stopped it."""
+        if resume:
+            self.resume()
+        while self.position.stage < len(self.plan.stages):
+            if self.optimizer is None:
+                self.model.set_stage(self.plan.stages[self.position.stage])
+                self.optimizer = make_optimizer(self.model, self.config.train)
+            if not self.run_stage():
+                return False
+            self.position = Position(stage=self.position.stage + 1, seconds=self.position.seconds)
+            self.optimizer = None
+        return True
+
+    def run_stage(self) -> bool:
+        while self.position.epoch < self.plan.epochs[self.position.stage]:
+            if not self.run_epoch():
+                return False
+            self.position.epoch += 1
+            self.position.batch = 0
+            self.save()
+            self.maybe_evaluate()
+        return True
+
+    def run_epoch(self) -> bool:
+        """One epoch from the current batch on; False when the time budget ran out."""
+        p, plan, batch_size = self.position, self.plan, self.config.train.images_per_batch
+        self.loader.sampler.set_epoch(
+            p.stage * 10_000 + p.epoch, start=min(p.batch * batch_size, len(self.dataset))
+        )
+        stage = plan.stages[p.stage]
+        bar = tqdm(
+            total=plan.iterations,
+            initial=p.batch,
+            desc=f"{stage} epoch {p.epoch + 1}/{plan.epochs[p.stage]}",
+            dynamic_ncols=True,
+            leave=False,
+        )
+        running: dict[str, float] = {}
+        self.model.train()
+        for samples in self.loader:
+            started = time.perf_counter()
+            losses = self.step(samples) if samples else {}
+            elapsed = time.perf_counter() - started
+            p.batch, p.step = p.batch + 1, p.step + 1
+            p.stage_seconds, p.seconds = p.stage_seconds + elapsed, p.seconds + elapsed
+            running = {k: 0.9 * running.get(k, v) + 0.1 * v for k, v in losses.items()}
+            bar.set_postfix(
+                {k.replace("_", ""): f"{v:.3f}" for k, v in running.items()}, refresh=False
+            )
+            bar.update()
+            if p.step % LOG_EVERY == 0:
+                self.log({"stage": stage, "epoch": p.epoch, "step": p.step, **running})
+            if plan.budgets is not None and p.stage_seconds >= plan.budgets[p.stage]:
+                bar.close()
+                self.save()
+                return False
+            if p.step % self.config.train.checkpoint_every == 0:
+                self.save()
+        bar.close()
+        return True
+
+    def step(self, samples) -> dict[str, float]:
+        """One SGD iteration on a list of Samples; the losses as floats."""
+        mean, std = self.pixel_stats
+        batch = make_batch(samples, mean, std, self.config.input.size_divisible)
+        factor = learning_rate_factor(
+            self.config.train, self.position.step, self.plan.progress(self.position)
+        )
+        set_learning_rate(self.optimizer, factor)
+        losses = self.model(batch)
+        total = sum(losses.values())
+        if not torch.isfinite(total):
+            values = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+            p = self.position
+            raise RcnnError(
+                f"training diverged in stage {self.plan.stages[p.stage]}, epoch {p.epoch + 1}, "
+                f"step {p.step + 1}: the loss is no longer finite ({values}); the last good "
+                f"checkpoint is {self.run_dir / CHECKPOINT} (try a lower train.learning_rate)"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        return {k: v.item() for k, v in losses.items()}
+
+    def maybe_evaluate(self) -> None:
+        every = self.config.train.eval_every
+        if self.evaluate is None or every <= 0 or self.position.epoch % every:
+            return
+        self.model.eval()
+        map50 = self.evaluate(self.model)
+        self.model.train()
+        p = self.position
+        self.log(
+            {"stage": self.plan.stages[p.stage], "epoch": p.epoch, "step": p.step, "map50": map50}
+        )
+
+    def log(self, record: dict) -> None:
+        record = {**record, "seconds": round(self.position.seconds, 2)}
+        with open(self.run_dir / LOG, "a") as file:
+            file.write(json.dumps(record) + "\n")
+
+    def save(self) -> None:
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        state = self.optimizer.state_dict()
+        for index, values in state["state"].items():
+            tensors.update({f"optimizer.{index}.{key}": value for key, value in values.items()})
+        tensors["rng.torch"] = torch.get_rng_state()  # the target layers sample with it
+        groups = [{k: v for k, v in g.items() if k != "params"} for g in state["param_groups"]]
+        meta = {
+            "position": asdict(self.position),
+            "stage": self.plan.stages[self.position.stage],
+            "param_groups": groups,
+        }
+        checkpoint.save(self.run_dir / CHECKPOINT, tensors, meta)
+
+    def resume(self) -> None:
+        """Continue exactly where the checkpoint left off."""
+        tensors, meta = checkpoint.load(self.run_dir / CHECKPOINT)
+        self.position = Position(**meta["position"])
+        self.model.set_stage(meta["stage"])
+        checkpoint.load_model(self.run_dir / CHECKPOINT, self.model)
+        self.optimizer = make_optimizer(self.model, self.config.train)
+        per_param: dict[int, dict[str, torch.Tensor]] = {}
+        for name, value in tensors.items():
+            if name.startswith("optimizer."):
+                _, index, key = name.split(".", 2)
+                per_param.setdefault(int(index), {})[key] = value
+        current = self.optimizer.state_dict()["param_groups"]
+        groups = [
+            dict(saved, params=now["params"])
+            for saved, now in zip(meta["param_groups"], current, strict=True)
+        ]
+        self.optimizer.load_state_dict({"state": per_param, "param_groups": groups})
+        torch.set_rng_state(tensors["rng.torch"])
