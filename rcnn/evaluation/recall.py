@@ -32,7 +32,7 @@ from torch import Tensor
 
 from rcnn.boxes import box_iou
 from rcnn.errors import RcnnError
-from rcnn.evaluation.voc_ap import check_labels
+from rcnn.evaluation.voc_ap import check_labels, on_cpu
 from rcnn.structures import Annotation
 
 # IoU thresholds of AR: 0.50, 0.55, ..., 0.95 (the nearest doubles to those decimals)
@@ -88,6 +88,7 @@ def evaluate_proposals(
 ) -> ProposalRecall:
     """Recall, AR and MABO of ranked ``proposals[i]`` (P_i, 4) against ``annotations[i]``."""
     _check_inputs(proposals, annotations, num_classes, counts)
+    proposals, annotations = [p.cpu() for p in proposals], on_cpu(annotations)
     most = max((len(p) for p in proposals), default=0)
     counts = (*sorted(c for c in set(counts) if c < most), most)
     # (G, C) per image -> (G_total, C): best overlap of every box with the top-n proposals
