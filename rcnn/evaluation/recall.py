@@ -137,5 +137,4 @@ def _check_inputs(
         )
     if any(c < 1 for c in counts):
         raise RcnnError(f"proposal counts must be >= 1, got {list(counts)}")
-    for i, ann in enumerate(annotations):
-        check_labels(ann.labels, num_classes, f"image {i}: ground-truth")
+    check_labels([a.labels for a in annotations], num_classes, "ground-truth")

@@ -40,7 +40,7 @@ from typing import TypeVar
 import torch
 from torch import Tensor
 
-from rcnn.boxes import box_iou, box_iou_reference
+from rcnn.boxes import box_area, box_iou_reference
 from rcnn.errors import RcnnError
 from rcnn.structures import Annotation, Detections
 
@@ -92,7 +92,8 @@ def evaluate_voc(
     """VOC AP of each of ``num_classes`` classes, one Detections per Annotation (same order).
 
     ``use_07_metric`` chooses the VOC2007 11-point AP instead of the all-point AP of
-    VOC2010 and later (see :func:`average_precision`). Matching is vectorised per image.
+    VOC2010 and later (see :func:`average_precision`). Matching is vectorised over the
+    whole data set: a fixed number of tensor operations, whatever the number of images.
     """
     return _evaluate(_match, detections, annotations, num_classes, iou_threshold, use_07_metric)
 
@@ -123,12 +124,12 @@ def _evaluate(
     detections, annotations = on_cpu(detections), on_cpu(annotations)
     labels, is_tp, counted = match(detections, annotations, iou_threshold)
     num_gt = _count_ground_truth(annotations, num_classes)
-    precision, recall = [], []
-    for k in range(1, num_classes + 1):
-        # detections of class k that count, already in score order
-        p, r = _precision_recall(is_tp[counted & (labels == k)], num_gt[k - 1].item())
-        precision.append(p)
-        recall.append(r)
+    # the detections that count, grouped by class; the stable sort keeps score order
+    class_labels, by_class = torch.sort(labels[counted], stable=True)
+    sizes = torch.bincount(class_labels, minlength=num_classes + 1)[1:].tolist()
+    per_class = is_tp[counted][by_class].split(sizes)
+    curves = [_precision_recall(tp, n) for tp, n in zip(per_class, num_gt.tolist(), strict=True)]
+    precision, recall = [p for p, _ in curves], [r for _, r in curves]
     ap = _class_aps(precision, recall, num_gt, use_07_metric)
     return VocResult(ap, num_gt, tuple(precision), tuple(recall), iou_threshold, use_07_metric)
 
@@ -170,31 +171,65 @@ def average_precision(recall: Tensor, precision: Tensor, use_07_metric: bool = F
 def _match(
     detections: Sequence[Detections], annotations: Sequence[Annotation], iou_threshold: float
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Steps 1-3 for all classes at once -> labels, is_tp, counted: (D,) in score order."""
-    # 2. per image: each detection's best box of its class
-    overlaps, gt_ids, offset = [], [], 0
-    for det, ann in zip(detections, annotations, strict=True):
-        overlap, best = _best_overlap(det, ann)
-        overlaps.append(overlap)
-        gt_ids.append(best + offset)  # numbered over the whole data set
-        offset += len(ann)
-    difficult = torch.cat([a.difficult for a in annotations]).bool()
-    scores = torch.cat([d.scores for d in detections]).double()
+    """Steps 1-3 for all images and classes at once -> labels, is_tp, counted (D,) in score
+    order. A fixed number of tensor operations, however many images there are."""
+    boxes, scores, labels, image = _flatten(detections, ("boxes", "scores", "labels"))
+    gt_boxes, gt_labels, difficult, gt_image = _flatten(
+        annotations, ("boxes", "labels", "difficult")
+    )
+    # 2. each detection's best box: the highest IoU among the boxes of its image and class,
+    #    the first such box on ties (the devkit's strict ">")
+    span = 1 + int(torch.cat([labels, gt_labels, labels.new_zeros(1)]).max())
+    pair, pair_gt = _join(image * span + labels, gt_image * span + gt_labels)
+    iou = _matched_iou(boxes[pair].double(), gt_boxes[pair_gt].double())  # (pairs,)
+    overlap = torch.full((len(boxes),), -1.0, dtype=torch.float64)
+    overlap.scatter_reduce_(0, pair, iou, reduce="amax")
+    best = iou == overlap[pair]
+    gt_id = torch.full((len(boxes),), len(gt_boxes), dtype=torch.int64)
+    gt_id.scatter_reduce_(0, pair[best], pair_gt[best], reduce="amin")
     # 1. highest score first; stable, so that ties keep their input order
-    order = torch.sort(scores, descending=True, stable=True).indices
-    labels = torch.cat([d.labels for d in detections])[order]
-    overlap, gt_id = torch.cat(overlaps)[order], torch.cat(gt_ids)[order]
+    order = torch.sort(scores.double(), descending=True, stable=True).indices
+    labels, overlap, gt_id = labels[order], overlap[order], gt_id[order]
     # 3. a hit on a difficult box is ignored; the first hit on any other box is a TP
     hit = overlap >= iou_threshold
     counted = torch.ones_like(hit)
-    counted[hit] = ~difficult[gt_id[hit]]
+    counted[hit] = ~difficult.bool()[gt_id[hit]]
     valid = hit & counted
     rank = torch.arange(len(order))
-    first = torch.full((offset,), len(order), dtype=torch.int64)
+    first = torch.full((len(gt_boxes),), len(order), dtype=torch.int64)
     first.scatter_reduce_(0, gt_id[valid], rank[valid], reduce="amin")
     is_tp = torch.zeros_like(hit)
     is_tp[valid] = first[gt_id[valid]] == rank[valid]
     return labels, is_tp, counted
+
+
+def _flatten(records: Sequence, names: tuple[str, ...]) -> list[Tensor]:
+    """The named per-image tensors of N records, concatenated, and (total,) int64 image
+    indices: which image each row came from."""
+    columns = [torch.cat([getattr(r, name) for r in records]) for name in names]
+    sizes = torch.tensor([len(r) for r in records])
+    return [*columns, torch.repeat_interleave(torch.arange(len(records)), sizes)]
+
+
+def _join(left: Tensor, right: Tensor) -> tuple[Tensor, Tensor]:
+    """Every pair (i, j) with left[i] == right[j] -> (pairs,) i and (pairs,) j; the pairs of
+    one i come in increasing j. left (L,), right (R,) int64 keys."""
+    right_sorted, right_order = torch.sort(right, stable=True)
+    start = torch.searchsorted(right_sorted, left, side="left")
+    count = torch.searchsorted(right_sorted, left, side="right") - start  # (L,)
+    i = torch.repeat_interleave(torch.arange(len(left)), count)
+    # position of each pair within its run of i: 0, 1, ..., count[i] - 1
+    within = torch.arange(len(i)) - (torch.cumsum(count, 0) - count)[i]
+    return i, right_order[start[i] + within]
+
+
+def _matched_iou(a: Tensor, b: Tensor) -> Tensor:
+    """IoU of each box of a (P, 4) with the box in the same row of b (P, 4) -> (P,)."""
+    top_left = torch.maximum(a[:, :2], b[:, :2])
+    bottom_right = torch.minimum(a[:, 2:], b[:, 2:])
+    inter = (bottom_right - top_left).clamp(min=0).prod(dim=1)
+    union = box_area(a) + box_area(b) - inter
+    return torch.where(union > 0, inter / union, 0.0)
 
 
 def _match_reference(
@@ -224,17 +259,6 @@ def _match_reference(
         torch.tensor(is_tp, dtype=torch.bool),
         torch.tensor(counted, dtype=torch.bool),
     )
-
-
-def _best_overlap(det: Detections, ann: Annotation) -> tuple[Tensor, Tensor]:
-    """Step 2 in one image: (D,) float64 IoU with, and (D,) index of, the best same-class box."""
-    if len(ann) == 0:
-        nothing = torch.full((len(det),), -1.0, dtype=torch.float64)
-        return nothing, torch.zeros(len(det), dtype=torch.int64)
-    iou = box_iou(det.boxes.double(), ann.boxes.double())  # (D, G)
-    iou.masked_fill_(det.labels[:, None] != ann.labels[None, :], -1.0)
-    best = iou.max(dim=1)  # the first maximum on ties, as the devkit's strict ">"
-    return best.values, best.indices
 
 
 def _count_ground_truth(annotations: Sequence[Annotation], num_classes: int) -> Tensor:
@@ -277,9 +301,8 @@ def _check_inputs(
         )
     if not 0.0 < iou_threshold <= 1.0:
         raise RcnnError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
-    for i, (det, ann) in enumerate(zip(detections, annotations, strict=True)):
-        check_labels(det.labels, num_classes, f"image {i}: detection")
-        check_labels(ann.labels, num_classes, f"image {i}: ground-truth")
+    check_labels([d.labels for d in detections], num_classes, "detection")
+    check_labels([a.labels for a in annotations], num_classes, "ground-truth")
 
 
 def on_cpu(records: Sequence[Record]) -> list[Record]:
@@ -288,8 +311,11 @@ def on_cpu(records: Sequence[Record]) -> list[Record]:
     return [type(r)(*(getattr(r, f.name).cpu() for f in fields(r))) for r in records]
 
 
-def check_labels(labels: Tensor, num_classes: int, what: str) -> None:
-    """Raise RcnnError naming ``what`` unless every one of ``labels`` (B,) is in [1, K]."""
-    if labels.numel() and not 1 <= labels.min().item() <= labels.max().item() <= num_classes:
-        found = sorted(set(labels.tolist()))
-        raise RcnnError(f"{what} labels must be in [1, {num_classes}], got {found}")
+def check_labels(labels: Sequence[Tensor], num_classes: int, what: str) -> None:
+    """Raise RcnnError naming the first image whose ``labels[i]`` (B_i,) are not all in
+    [1, K]; ``what`` says whose labels they are."""
+    outside = [(lab < 1) | (lab > num_classes) for lab in labels]
+    if torch.cat([*outside, torch.zeros(1, dtype=torch.bool)]).any():
+        i = next(i for i, bad in enumerate(outside) if bad.any())
+        found = sorted(set(labels[i].tolist()))
+        raise RcnnError(f"image {i}: {what} labels must be in [1, {num_classes}], got {found}")

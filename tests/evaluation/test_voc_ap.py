@@ -120,6 +120,16 @@ def test_a_duplicate_does_not_fall_back_to_the_next_best_free_box():
     assert result.precision[0].tolist() == [1.0, 0.5]
 
 
+def test_equal_overlaps_go_to_the_first_box_of_the_image():
+    # the detection overlaps both boxes by 90/110; the first one listed decides
+    found = [dets([[1, 0, 11, 10]], [0.9], [1])]
+    plain_first = [gt([[0, 0, 10, 10], [2, 0, 12, 10]], [1, 1], difficult=[False, True])]
+    difficult_first = [gt([[2, 0, 12, 10], [0, 0, 10, 10]], [1, 1], difficult=[True, False])]
+    assert evaluate_voc(found, plain_first, 1).ap.item() == 1.0  # a true positive
+    ignored = evaluate_voc(found, difficult_first, 1)  # on the difficult box: not counted
+    assert ignored.recall[0].numel() == 0 and ignored.ap.item() == 0.0
+
+
 def test_iou_threshold_is_inclusive_as_in_the_devkit():
     anns = [gt([[0, 0, 10, 10]], [1])]
     exactly_half = dets([[0, 0, 20, 10]], [0.9], [1])  # IoU 100 / 200
