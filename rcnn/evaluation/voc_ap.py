@@ -19,8 +19,9 @@ Matching, per class, exactly as the devkit does it:
    Otherwise the detection is a false positive.
 4. recall = TP / (number of non-difficult boxes of the class); precision = TP / (TP + FP).
 
-IoU is plain :func:`rcnn.boxes.box_iou`: our boxes are continuous pixel coordinates (the
-VOC reader converted the devkit's 1-based inclusive corners once), so the devkit's ``+ 1`` in
+IoU is the plain one of :mod:`rcnn.boxes` (``box_iou_reference`` in the devkit loop, the same
+formula row by row in the fast path): our boxes are continuous pixel coordinates (the VOC
+reader converted the devkit's 1-based inclusive corners once), so the devkit's ``+ 1`` in
 widths and heights does not appear here.
 
 A class without non-difficult ground truth has no recall (0 / 0): its AP is undefined, NaN
