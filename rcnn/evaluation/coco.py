@@ -32,7 +32,7 @@ from torch import Tensor
 
 from rcnn.boxes import box_area
 from rcnn.errors import RcnnError
-from rcnn.evaluation.files import write_json_atomic
+from rcnn.files import write_json
 from rcnn.structures import Annotation, Detections
 
 # The order of COCOeval.stats for boxes; pycocotools writes -1 where a number is undefined.
@@ -116,7 +116,7 @@ def write_coco_results(
     category_ids: Sequence[int] | None = None,
 ) -> None:
     """Write :func:`coco_results` to ``path`` (one compact JSON line, written atomically)."""
-    write_json_atomic(path, coco_results(detections, image_ids, category_ids), indent=None)
+    write_json(path, coco_results(detections, image_ids, category_ids), indent=None)
 
 
 def evaluate_coco(

@@ -28,8 +28,8 @@ from torch import Tensor
 
 from rcnn.errors import RcnnError
 from rcnn.evaluation.coco import evaluate_coco
-from rcnn.evaluation.files import write_json_atomic
 from rcnn.evaluation.voc_ap import VocResult, evaluate_voc, precision_envelope
+from rcnn.files import write_json
 from rcnn.structures import Annotation, Detections
 
 # COCO numbers copied into metrics.json as "coco_<name>" ("ap" itself is "coco_map"),
@@ -86,7 +86,7 @@ def evaluate_detections(
 
 def write_metrics(path: str | os.PathLike, metrics: dict) -> None:
     """Write ``metrics`` to ``path`` (RUN/metrics.json) atomically: temp file, fsync, rename."""
-    write_json_atomic(path, metrics)
+    write_json(path, metrics)
 
 
 def format_table(metrics: dict) -> str:

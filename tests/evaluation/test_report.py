@@ -6,13 +6,13 @@ import torch
 from PIL import Image
 
 from rcnn.errors import RcnnError
-from rcnn.evaluation.files import write_json_atomic
 from rcnn.evaluation.report import (
     evaluate_detections,
     format_table,
     plot_pr_curves,
     write_metrics,
 )
+from rcnn.files import write_json
 from rcnn.structures import Annotation, Detections
 
 NAMES = ["circle", "square", "triangle"]  # no triangle in the ground truth
@@ -68,9 +68,9 @@ def test_metrics_json_round_trip(evaluation, tmp_path):
 
 def test_atomic_write_refuses_nan_and_keeps_the_old_file(tmp_path):
     path = tmp_path / "metrics.json"
-    write_json_atomic(path, {"map50": 0.5})
+    write_json(path, {"map50": 0.5})
     with pytest.raises(ValueError):
-        write_json_atomic(path, {"map50": math.nan})
+        write_json(path, {"map50": math.nan})
     assert json.loads(path.read_text()) == {"map50": 0.5}
     assert len(list(tmp_path.iterdir())) == 1
 
