@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from rcnn.errors import RcnnError
 
@@ -31,7 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--model", choices=MODELS, required=True)
     train.add_argument("--data", required=True, help="shapes | voc:DIR | coco:ANN.json[:IMAGE_DIR]")
     train.add_argument("--out", required=True, help="run directory")
-    train.add_argument("--backbone", default=None)
+    train.add_argument(
+        "--backbone", default="small", help="small (CPU, default), zf, vgg16, resnet18/50/101"
+    )
     train.add_argument("--pretrained", default=None, help="torchvision-format weight file")
     train.add_argument("--epochs", type=int, default=None)
     train.add_argument("--time-budget", type=float, default=None, metavar="MINUTES")
@@ -87,6 +90,43 @@ def _data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from rcnn.runs import resolve_config, train_run
+
+    config = resolve_config(
+        args.model,
+        args.backbone,
+        args.config,
+        args.set,
+        epochs=args.epochs,
+        pretrained=args.pretrained,
+    )
+    train_run(config, args.data, Path(args.out), resume=args.resume, time_budget=args.time_budget)
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from rcnn.runs import evaluate_run
+
+    evaluate_run(Path(args.run), args.data, args.split)
+    return 0
+
+
+def _detect(args: argparse.Namespace) -> int:
+    from rcnn.runs import detect_inputs
+
+    out = Path(args.out) if args.out else None
+    detect_inputs(Path(args.run), args.inputs, args.split, out, args.score_thresh, args.json)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from rcnn.runs import demo
+
+    demo(Path(args.out))
+    return 0
+
+
 def _not_yet(what: str, issue: int):
     def handler(args: argparse.Namespace) -> int:
         print(f"rcnn {args.command}: not implemented yet ({what}; issue #{issue})", file=sys.stderr)
@@ -96,11 +136,11 @@ def _not_yet(what: str, issue: int):
 
 
 HANDLERS = {
-    "demo": _not_yet("shapes -> Faster R-CNN -> eval -> pictures", 4),
+    "demo": _demo,
     "data": _data,
-    "train": _not_yet("train any of the four models", 4),
-    "eval": _not_yet("VOC and COCO metrics of a run", 3),
-    "detect": _not_yet("detections as pictures or JSON", 4),
+    "train": _train,
+    "eval": _eval,
+    "detect": _detect,
     "proposals": _not_yet("selective search proposals and their recall", 5),
     "lineage": _not_yet("the four models side by side", 5),
     "bench": _not_yet("timings of the ops and models", 2),

@@ -10,9 +10,13 @@ Shapes: H x W image, D detections, G ground-truth boxes, K object classes.
 from __future__ import annotations
 
 import colorsys
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
@@ -129,3 +133,31 @@ def _dashed_rectangle(
             start = (ax + (bx - ax) * t0, ay + (by - ay) * t0)
             end = (ax + (bx - ax) * t1, ay + (by - ay) * t1)
             draw.line([start, end], fill=color, width=width)
+
+
+def plot_losses(log_path: str | Path, png_path: str | Path) -> None:
+    """Training curves from a run's log.jsonl: each loss term (and mAP50 when evaluated) against
+    the training step, one panel per stage; nothing is written when the log is empty."""
+    log_path = Path(log_path)
+    lines = log_path.read_text().splitlines() if log_path.exists() else []
+    records = [json.loads(line) for line in lines]
+    stages = list(dict.fromkeys(r["stage"] for r in records))
+    if not stages:
+        return
+    figure = Figure(figsize=(5 * len(stages), 3.6), layout="constrained")
+    FigureCanvasAgg(figure)
+    for column, stage in enumerate(stages, start=1):
+        axes = figure.add_subplot(1, len(stages), column)
+        rows = [r for r in records if r["stage"] == stage]
+        keys = sorted({k for r in rows for k in r} - {"stage", "epoch", "step", "seconds", "map50"})
+        for key in keys:
+            points = [(r["step"], r[key]) for r in rows if key in r]
+            axes.plot(*zip(*points, strict=True), label=key, linewidth=1)
+        axes.set(title=stage, xlabel="step", ylabel="loss")
+        evaluations = [(r["step"], r["map50"]) for r in rows if "map50" in r]
+        if evaluations:
+            twin = axes.twinx()
+            twin.plot(*zip(*evaluations, strict=True), "ko-", label="mAP50")
+            twin.set(ylabel="mAP50", ylim=(0, 1))
+        axes.legend(fontsize=7)
+    figure.savefig(png_path, dpi=110)
