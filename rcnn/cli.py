@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="timings, one table")
     bench.add_argument("what", nargs="?", default="all", choices=("ops", "models", "all"))
+    bench.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
 
     export = commands.add_parser("export", help="export a trained Faster R-CNN")
     export.add_argument("run")
@@ -135,6 +136,23 @@ def _not_yet(what: str, issue: int):
     return handler
 
 
+def _bench(args: argparse.Namespace) -> int:
+    if args.what == "models":
+        print("rcnn bench models: model timings are not there yet", file=sys.stderr)
+        return 2
+    import torch
+
+    from rcnn.bench import print_table
+    from rcnn.bench.ops import bench_ops
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    print_table("rcnn bench ops", bench_ops())
+    if args.what == "all":
+        print("rcnn bench all: model timings are not there yet; ran the ops", file=sys.stderr)
+    return 0
+
+
 HANDLERS = {
     "demo": _demo,
     "data": _data,
@@ -143,7 +161,7 @@ HANDLERS = {
     "detect": _detect,
     "proposals": _not_yet("selective search proposals and their recall", 5),
     "lineage": _not_yet("the four models side by side", 5),
-    "bench": _not_yet("timings of the ops and models", 2),
+    "bench": _bench,
     "export": _not_yet("ONNX export of Faster R-CNN", 7),
 }
 

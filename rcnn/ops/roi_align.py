@@ -1,0 +1,231 @@
+"""RoIAlign (Mask R-CNN §3): RoI pooling without quantisation, by bilinear sampling.
+
+Exactly torchvision's kernel:
+
+1. Scale the RoI by ``spatial_scale``; ``aligned=True`` also shifts it by -0.5 so that a
+   pixel's centre lands on a cell's centre. In the legacy mode (``aligned=False``) the
+   RoI's width and height are raised to at least 1; ``aligned=True`` leaves them as they are.
+2. Cut it into ``h x w`` bins of ``roi_h / h x roi_w / w`` (no rounding) and put a
+   ``gh x gw`` grid of sample points in each bin: ``gh = sampling_ratio`` when it is
+   positive, else ``ceil(roi_h / h)`` per RoI.
+3. Read each sample bilinearly: a sample with ``y < -1`` or ``y > H`` (likewise x) reads 0;
+   otherwise ``y <= 0`` reads row 0 and ``y >= H - 1`` reads row ``H - 1``.
+4. A bin's output is the mean of its samples (the zeros of step 3 included).
+
+The fast path turns steps 2-4 into one sparse weighted sum: every output value is
+``sum_k w_k * F[cell_k]`` over the 4 bilinear taps of each of its samples, with
+``w_k = bilinear weight / samples``. ``embedding_bag`` computes that sum for all RoIs at
+once, on a channels-last copy of the map. The weights are differentiable functions of the
+RoI, so autograd also gives d(out)/d(rois), which Faster R-CNN's non-approximate joint
+training needs.
+
+Shapes: features ``(N, C, H, W)``, rois ``(R, 5)`` ``[batch_index, x1, y1, x2, y2]`` in image
+pixels, output ``(R, C, h, w)``. ``E`` taps in all, ``B = R * h * w`` bins.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from rcnn.ops._pooling import check_rois, pair
+
+# Taps handled together when the gradient of the weights is computed; bounds the memory of
+# that step to about 2 * _TAP_CHUNK * C values.
+_TAP_CHUNK = 1 << 14
+
+
+def roi_align(
+    features: Tensor,
+    rois: Tensor,
+    output_size: int | tuple[int, int],
+    spatial_scale: float,
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+) -> Tensor:
+    """RoIAlign of ``features (N, C, H, W)`` over ``rois (R, 5)`` -> ``(R, C, h, w)``."""
+    image_index = check_rois(features, rois)
+    h, w = pair(output_size)
+    n, c, height, width = features.shape
+    cells, weights, offsets = _taps(
+        rois, image_index, (height, width), (h, w), spatial_scale, sampling_ratio, aligned
+    )
+    # (N, C, H, W) -> (N, H, W, C) -> (N*H*W, C): one row of C values per cell
+    table = features.permute(0, 2, 3, 1).contiguous().view(n * height * width, c)
+    out = _WeightedSum.apply(table, cells, weights.to(features.dtype), offsets)
+    # (R*h*w, C) -> (R, h, w, C) -> (R, C, h, w)
+    return out.view(-1, h, w, c).permute(0, 3, 1, 2).contiguous()
+
+
+def _taps(rois, image_index, map_size, output_size, spatial_scale, sampling_ratio, aligned):
+    """Every bin's bilinear taps: ``cells (E,)``, ``weights (E,)`` and bin offsets ``(B,)``.
+
+    A bin's taps are contiguous, starting at its offset; ``weights`` carry autograd to rois.
+    """
+    (height, width), (h, w) = map_size, output_size
+    # 1. the RoI on the map, as [x, y] pairs
+    start = rois[:, 1:3] * spatial_scale - (0.5 if aligned else 0.0)
+    size = rois[:, 3:5] * spatial_scale - (0.5 if aligned else 0.0) - start
+    if not aligned:
+        size = size.clamp(min=1.0)
+    bins = torch.tensor([w, h], dtype=size.dtype, device=size.device)
+    # 2. the sample grid of each RoI: (R, 2) [gw, gh]; count = samples per bin
+    if sampling_ratio > 0:
+        grid = torch.full_like(start, sampling_ratio, dtype=torch.int64)
+    else:
+        grid = torch.ceil(size.detach() / bins).long().clamp(min=0)
+    per_bin = grid[:, 0] * grid[:, 1]  # (R,)
+    roi, (i, j, iy, ix) = _sample_grid(per_bin * h * w, grid, w)
+    bin_size, samples = size[roi] / bins, grid[roi].to(size.dtype)
+    y = start[roi, 1] + i * bin_size[:, 1] + (iy + 0.5) * bin_size[:, 1] / samples[:, 1]
+    x = start[roi, 0] + j * bin_size[:, 0] + (ix + 0.5) * bin_size[:, 0] / samples[:, 0]
+    # 3. bilinear taps; 4. the mean over a bin's samples is folded into the weights
+    (y_low, y_high, ly), (x_low, x_high, lx) = _axis(y, height), _axis(x, width)
+    inside = (y >= -1) & (y <= height) & (x >= -1) & (x <= width)
+    scale = inside.to(y.dtype) / per_bin.clamp(min=1)[roi].to(y.dtype)
+    hy, hx = 1 - ly, 1 - lx
+    weights = torch.stack([hy * hx, hy * lx, ly * hx, ly * lx], dim=1) * scale[:, None]
+    row = image_index[roi] * height
+    cells = torch.stack(
+        [
+            (row + y_low) * width + x_low,
+            (row + y_low) * width + x_high,
+            (row + y_high) * width + x_low,
+            (row + y_high) * width + x_high,
+        ],
+        dim=1,
+    )
+    taps_per_bin = (4 * per_bin).repeat_interleave(h * w)  # (B,)
+    offsets = torch.cumsum(taps_per_bin, 0) - taps_per_bin
+    return cells.flatten(), weights.flatten(), offsets
+
+
+def _sample_grid(samples: Tensor, grid: Tensor, w: int):
+    """Each sample's RoI ``(S,)`` and its bin row, bin column, grid row and grid column.
+
+    ``samples (R,)`` counts each RoI's samples; they are numbered bin by bin (row-major),
+    and within a bin grid row by grid row, so that a bin's samples are contiguous.
+    """
+    roi = torch.repeat_interleave(torch.arange(len(samples), device=samples.device), samples)
+    local = (
+        torch.arange(len(roi), device=samples.device) - (torch.cumsum(samples, 0) - samples)[roi]
+    )
+    gw, gh = grid[roi, 0], grid[roi, 1]
+    ix, rest = local % gw.clamp(min=1), local // gw.clamp(min=1)
+    iy, bin_index = rest % gh.clamp(min=1), rest // gh.clamp(min=1)
+    return roi, (bin_index // w, bin_index % w, iy, ix)
+
+
+def _axis(coord: Tensor, limit: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The kernel's bilinear rule along one axis of ``limit`` cells -> low, high, fraction."""
+    coord = coord.clamp(min=0)  # at or before the first cell centre: read cell 0
+    low = coord.detach().floor().long()
+    last = low >= limit - 1  # at or past the last cell centre: read cell limit - 1
+    low = torch.where(last, limit - 1, low)
+    high = torch.where(last, limit - 1, low + 1)
+    fraction = torch.where(last, torch.zeros_like(coord), coord - low)
+    return low, high, fraction
+
+
+class _WeightedSum(torch.autograd.Function):
+    """``out[b] = sum over bag b's taps of weights[k] * table[cells[k]]`` -> ``(B, C)``."""
+
+    @staticmethod
+    def forward(ctx, table, cells, weights, offsets):
+        ctx.save_for_backward(table, cells, weights, offsets)
+        if cells.numel() == 0:
+            return table.new_zeros((offsets.numel(), table.shape[1]))
+        return F.embedding_bag(cells, table, offsets, mode="sum", per_sample_weights=weights)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        table, cells, weights, offsets = ctx.saved_tensors
+        bag = _bag_of_each_tap(offsets, cells.numel())
+        grad_table = grad_weights = None
+        if ctx.needs_input_grad[0]:  # the transpose: each cell sums its taps' bags
+            order = torch.sort(cells, stable=True).indices
+            counts = torch.bincount(cells, minlength=table.shape[0])
+            starts = torch.cumsum(counts, 0) - counts
+            grad_table = F.embedding_bag(
+                bag[order], grad_out, starts, mode="sum", per_sample_weights=weights[order]
+            )
+        if ctx.needs_input_grad[2]:  # d out / d weight_k = table[cell_k] . grad_out[bag_k]
+            grad_weights = torch.cat(
+                [
+                    (table[cells[k : k + _TAP_CHUNK]] * grad_out[bag[k : k + _TAP_CHUNK]]).sum(1)
+                    for k in range(0, cells.numel(), _TAP_CHUNK)
+                ]
+                or [weights.new_zeros(0)]
+            )
+        return grad_table, None, grad_weights, None
+
+
+def _bag_of_each_tap(offsets: Tensor, taps: int) -> Tensor:
+    """``(E,)`` the bag of each tap, from the bags' start ``offsets (B,)``."""
+    sizes = torch.diff(offsets, append=offsets.new_tensor([taps]))
+    return torch.repeat_interleave(torch.arange(len(offsets), device=offsets.device), sizes)
+
+
+def roi_align_reference(
+    features: Tensor,
+    rois: Tensor,
+    output_size: int | tuple[int, int],
+    spatial_scale: float,
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+) -> Tensor:
+    """torchvision's ``roi_align_forward_kernel``, loop for loop, in Python floats. Slow."""
+    check_rois(features, rois)
+    h, w = pair(output_size)
+    out = features.new_zeros((rois.shape[0], features.shape[1], h, w))
+    offset = 0.5 if aligned else 0.0
+    for r, (b, x1, y1, x2, y2) in enumerate(rois.tolist()):
+        x1, y1 = x1 * spatial_scale - offset, y1 * spatial_scale - offset
+        roi_w, roi_h = x2 * spatial_scale - offset - x1, y2 * spatial_scale - offset - y1
+        if not aligned:
+            roi_w, roi_h = max(roi_w, 1.0), max(roi_h, 1.0)
+        bin_h, bin_w = roi_h / h, roi_w / w
+        grid_h = sampling_ratio if sampling_ratio > 0 else math.ceil(roi_h / h)
+        grid_w = sampling_ratio if sampling_ratio > 0 else math.ceil(roi_w / w)
+        count = max(grid_h * grid_w, 1)
+        for i in range(h):
+            for j in range(w):
+                total = features.new_zeros(features.shape[1])
+                for iy in range(grid_h):
+                    y = y1 + i * bin_h + (iy + 0.5) * bin_h / grid_h
+                    for ix in range(grid_w):
+                        x = x1 + j * bin_w + (ix + 0.5) * bin_w / grid_w
+                        total += _bilinear_reference(features[int(b)], y, x)
+                out[r, :, i, j] = total / count
+    return out
+
+
+def _bilinear_reference(plane: Tensor, y: float, x: float) -> Tensor:
+    """The kernel's ``bilinear_interpolate`` at ``(y, x)`` of ``plane (C, H, W)`` -> ``(C,)``."""
+    height, width = plane.shape[-2:]
+    if y < -1.0 or y > height or x < -1.0 or x > width:
+        return plane.new_zeros(plane.shape[0])
+    y, x = max(y, 0.0), max(x, 0.0)
+    y_low, x_low = int(y), int(x)
+    if y_low >= height - 1:
+        y_high = y_low = height - 1
+        y = float(y_low)
+    else:
+        y_high = y_low + 1
+    if x_low >= width - 1:
+        x_high = x_low = width - 1
+        x = float(x_low)
+    else:
+        x_high = x_low + 1
+    ly, lx = y - y_low, x - x_low
+    hy, hx = 1.0 - ly, 1.0 - lx
+    return (
+        hy * hx * plane[:, y_low, x_low]
+        + hy * lx * plane[:, y_low, x_high]
+        + ly * hx * plane[:, y_high, x_low]
+        + ly * lx * plane[:, y_high, x_high]
+    )
