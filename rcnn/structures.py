@@ -68,13 +68,16 @@ class ImageBatch:
     """What a detector's forward pass takes: N resized, normalised images, zero-padded to one size.
 
     images (N, 3, H, W) float; image_sizes: each image's (h, w) before padding; scales: resized
-    size / original size per image; annotations: ground truth in the resized pixels (training).
+    size / original size per image; annotations: ground truth in the resized pixels (training);
+    proposals: per image (P_i, 4) region proposals in the resized pixels, for the models that
+    take them from outside (R-CNN, SPPNet, Fast R-CNN).
     """
 
     images: Tensor
     image_sizes: list[tuple[int, int]]
     scales: list[float]
     annotations: list[Annotation] | None = None
+    proposals: list[Tensor] | None = None
 
     def to(self, device: torch.device | str) -> ImageBatch:
         annotations = None
@@ -83,7 +86,10 @@ class ImageBatch:
                 Annotation(a.boxes.to(device), a.labels.to(device), a.difficult.to(device))
                 for a in self.annotations
             ]
-        return ImageBatch(self.images.to(device), self.image_sizes, self.scales, annotations)
+        proposals = None if self.proposals is None else [p.to(device) for p in self.proposals]
+        return ImageBatch(
+            self.images.to(device), self.image_sizes, self.scales, annotations, proposals
+        )
 
     def training_targets(self) -> tuple[list[Tensor], list[Tensor]]:
         """Per image, the boxes (G_i, 4) and labels (G_i,) to train on: difficult ones left out."""

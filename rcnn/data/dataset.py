@@ -41,7 +41,8 @@ class Sample:
     image (3, H, W) uint8 RGB (or float after a float transform); annotation in the pixel
     coordinates of ``image``; index: position in the data set; scale: how much ``image`` was
     resized from the file's image (boxes / scale gives the original coordinates); flipped:
-    whether it was mirrored left-right.
+    whether it was mirrored left-right; proposals: region proposals (P, 4) for the models
+    that take them from outside (R-CNN, SPPNet, Fast R-CNN), in the same pixels as ``image``.
     """
 
     image: Tensor
@@ -49,6 +50,7 @@ class Sample:
     index: int
     scale: float = 1.0
     flipped: bool = False
+    proposals: Tensor | None = None
 
 
 class DetectionDataset(Dataset, ABC):

@@ -99,16 +99,21 @@ class TrainTransform:
         flip = bool(torch.rand((), generator=generator) < self.flip_prob)
         size = (sample.image.shape[-2], sample.image.shape[-1])
         scale = resize_scale(size, self.min_sizes[pick], self.max_size)
-        image, boxes = resize(sample.image, sample.annotation.boxes, scale)
+        # the ground-truth boxes and the proposals (if any) move together: (G + P, 4)
+        count = len(sample.annotation)
+        boxes = sample.annotation.boxes
+        if sample.proposals is not None:
+            boxes = torch.cat((boxes, sample.proposals.to(boxes.dtype)))
+        image, boxes = resize(sample.image, boxes, scale)
         if flip:
             image, boxes = hflip(image, boxes)
-        annotation = replace(sample.annotation, boxes=boxes)
         return replace(
             sample,
             image=image,
-            annotation=annotation,
+            annotation=replace(sample.annotation, boxes=boxes[:count]),
             scale=sample.scale * scale,
             flipped=sample.flipped != flip,
+            proposals=None if sample.proposals is None else boxes[count:],
         )
 
 
@@ -116,6 +121,11 @@ def make_batch(
     samples: Sequence[Sample], mean: Sequence[float], std: Sequence[float], size_divisible: int
 ) -> ImageBatch:
     """Transformed Samples -> the ImageBatch a detector takes: normalised, zero-padded images,
-    their sizes and scales, and their annotations (in the resized pixels)."""
+    their sizes and scales, their annotations and proposals (in the resized pixels)."""
     images, sizes = batch_images([normalize(s.image, mean, std) for s in samples], size_divisible)
-    return ImageBatch(images, sizes, [s.scale for s in samples], [s.annotation for s in samples])
+    proposals = (
+        [s.proposals for s in samples] if all(s.proposals is not None for s in samples) else None
+    )
+    return ImageBatch(
+        images, sizes, [s.scale for s in samples], [s.annotation for s in samples], proposals
+    )
