@@ -173,8 +173,8 @@ def nms_reference(
         keep.append(i)
         if top_k is not None and len(keep) == top_k:
             break
-        ious = box_iou(boxes[i : i + 1], boxes)[0].tolist()
-        suppressed.update(j for j in order[position + 1 :] if ious[j] > iou_threshold)
+        overlaps = (box_iou(boxes[i : i + 1], boxes)[0] > iou_threshold).tolist()
+        suppressed.update(j for j in order[position + 1 :] if overlaps[j])
     return torch.tensor(keep, dtype=torch.int64, device=boxes.device)
 
 
