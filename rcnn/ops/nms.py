@@ -30,7 +30,8 @@ from torch import Tensor
 from rcnn.boxes import box_iou
 
 # Boxes resolved together in step 1. Larger blocks mean fewer Python steps but a bigger
-# (block, block) matrix and more fixed-point rounds; 256 was fastest in `rcnn bench ops`.
+# (block, block) matrix and more fixed-point rounds; on the 2-core CPU, blocks of 64 to 2048
+# timed within noise of each other on 12,000 RPN-like boxes, and 256 is in the middle.
 _BLOCK = 256
 
 
