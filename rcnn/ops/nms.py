@@ -30,7 +30,8 @@ from torch import Tensor
 from rcnn.boxes import box_iou
 
 # Boxes resolved together in step 1. Larger blocks mean fewer Python steps but a bigger
-# (block, block) matrix and more fixed-point rounds; 256 was fastest in `rcnn bench ops`.
+# (block, block) matrix and more fixed-point rounds; on the 2-core CPU, blocks of 64 to 2048
+# timed within noise of each other on 12,000 RPN-like boxes, and 256 is in the middle.
 _BLOCK = 256
 
 
@@ -173,8 +174,8 @@ def nms_reference(
         keep.append(i)
         if top_k is not None and len(keep) == top_k:
             break
-        ious = box_iou(boxes[i : i + 1], boxes)[0].tolist()
-        suppressed.update(j for j in order[position + 1 :] if ious[j] > iou_threshold)
+        overlaps = (box_iou(boxes[i : i + 1], boxes)[0] > iou_threshold).tolist()
+        suppressed.update(j for j in order[position + 1 :] if overlaps[j])
     return torch.tensor(keep, dtype=torch.int64, device=boxes.device)
 
 

@@ -65,7 +65,7 @@ def _taps(rois, image_index, map_size, output_size, spatial_scale, sampling_rati
 
     A bin's taps are contiguous, starting at its offset; ``weights`` carry autograd to rois.
     """
-    (height, width), (h, w) = map_size, output_size
+    h, w = output_size
     # 1. the RoI on the map, as [x, y] pairs
     start = rois[:, 1:3] * spatial_scale - (0.5 if aligned else 0.0)
     size = rois[:, 3:5] * spatial_scale - (0.5 if aligned else 0.0) - start
@@ -83,24 +83,27 @@ def _taps(rois, image_index, map_size, output_size, spatial_scale, sampling_rati
     y = start[roi, 1] + i * bin_size[:, 1] + (iy + 0.5) * bin_size[:, 1] / samples[:, 1]
     x = start[roi, 0] + j * bin_size[:, 0] + (ix + 0.5) * bin_size[:, 0] / samples[:, 0]
     # 3. bilinear taps; 4. the mean over a bin's samples is folded into the weights
-    (y_low, y_high, ly), (x_low, x_high, lx) = _axis(y, height), _axis(x, width)
-    inside = (y >= -1) & (y <= height) & (x >= -1) & (x <= width)
-    scale = inside.to(y.dtype) / per_bin.clamp(min=1)[roi].to(y.dtype)
-    hy, hx = 1 - ly, 1 - lx
-    weights = torch.stack([hy * hx, hy * lx, ly * hx, ly * lx], dim=1) * scale[:, None]
-    row = image_index[roi] * height
-    cells = torch.stack(
-        [
-            (row + y_low) * width + x_low,
-            (row + y_low) * width + x_high,
-            (row + y_high) * width + x_low,
-            (row + y_high) * width + x_high,
-        ],
-        dim=1,
-    )
+    mean = 1 / per_bin.clamp(min=1)[roi].to(y.dtype)
+    cells, weights = _bilinear(y, x, image_index[roi], mean, map_size)
     taps_per_bin = (4 * per_bin).repeat_interleave(h * w)  # (B,)
     offsets = torch.cumsum(taps_per_bin, 0) - taps_per_bin
     return cells.flatten(), weights.flatten(), offsets
+
+
+def _bilinear(y: Tensor, x: Tensor, image: Tensor, scale: Tensor, map_size: tuple[int, int]):
+    """The 4 taps of each sample ``(y, x)`` (S,) of ``image (S,)``: cells and weights ``(S, 4)``.
+
+    Weights are bilinear, times ``scale (S,)``; a sample off the map (step 3) weighs 0.
+    """
+    height, width = map_size
+    (y_low, y_high, ly), (x_low, x_high, lx) = _axis(y, height), _axis(x, width)
+    inside = (y >= -1) & (y <= height) & (x >= -1) & (x <= width)
+    scale = scale * inside.to(y.dtype)
+    hy, hx = 1 - ly, 1 - lx
+    weights = torch.stack([hy * hx, hy * lx, ly * hx, ly * lx], dim=1) * scale[:, None]
+    low, high = (image * height + y_low) * width, (image * height + y_high) * width
+    cells = torch.stack([low + x_low, low + x_high, high + x_low, high + x_high], dim=1)
+    return cells, weights
 
 
 def _sample_grid(samples: Tensor, grid: Tensor, w: int):

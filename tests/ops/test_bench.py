@@ -1,0 +1,46 @@
+import io
+
+import torch
+
+from rcnn.bench import Timing, print_table, time_ms
+from rcnn.bench.ops import IMAGE_SIZE, rpn_like_boxes, uniform_boxes
+from rcnn.cli import main
+
+
+def test_rpn_like_boxes_are_deterministic_valid_and_clustered():
+    boxes, scores = rpn_like_boxes(1000)
+    again, _ = rpn_like_boxes(1000)
+    assert torch.equal(boxes, again)
+    assert boxes.shape == (1000, 4) and scores.shape == (1000,)
+    height, width = IMAGE_SIZE
+    assert (boxes[:, 2:] >= boxes[:, :2]).all()
+    assert (boxes[:, 0::2] >= 0).all() and (boxes[:, 0::2] <= width).all()
+    assert (boxes[:, 1::2] >= 0).all() and (boxes[:, 1::2] <= height).all()
+    # the boxes near objects (the first 4/5) outscore the clutter
+    assert scores[:800].min() >= scores[800:].max()
+    assert not torch.equal(uniform_boxes(10, seed=1)[0], uniform_boxes(10, seed=2)[0])
+
+
+def test_time_ms_runs_warmup_and_repeats():
+    calls = []
+    assert time_ms(lambda: calls.append(1), warmup=2, repeats=3) >= 0
+    assert len(calls) == 5
+
+
+def test_print_table_aligns_one_row_per_timing():
+    out = io.StringIO()
+    rows = [Timing("nms", "12000 boxes", 56.54, "<= ~100"), Timing("box_iou", "2 x 3", 1.0)]
+    print_table("rcnn bench ops", rows, file=out)
+    lines = out.getvalue().splitlines()
+    assert f"{torch.get_num_threads()} threads" in lines[0]
+    assert lines[1].split() == ["op", "input", "sizes", "ms", "target"]
+    assert lines[3].split() == ["nms", "12000", "boxes", "56.5", "<=", "~100"]
+    assert lines[4].split() == ["box_iou", "2", "x", "3", "1.0"]
+    # the ms column is right-aligned under its header
+    ends = {lines[1].index(" ms") + 3, lines[3].index("56.5") + 4, lines[4].index("1.0") + 3}
+    assert len(ends) == 1
+
+
+def test_bench_models_says_it_is_not_there_yet(capsys):
+    assert main(["bench", "models"]) == 2
+    assert "not there yet" in capsys.readouterr().err

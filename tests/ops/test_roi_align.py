@@ -1,0 +1,72 @@
+import importlib
+
+import pytest
+import torch
+
+from rcnn.ops import roi_align
+
+roi_align_reference = importlib.import_module("rcnn.ops.roi_align").roi_align_reference
+
+
+def test_hand_computed_samples():
+    features = torch.tensor([[[[0.0, 1.0], [2.0, 3.0]]]])
+    roi = torch.tensor([[0.0, 0.0, 0.0, 1.0, 1.0]])
+    # legacy: one sample at (0.5, 0.5), the mean of the four cells
+    assert roi_align(features, roi, 1, 1.0, sampling_ratio=1).item() == 1.5
+    # aligned: shifted by -0.5, the sample sits on cell (0, 0)
+    assert roi_align(features, roi, 1, 1.0, sampling_ratio=1, aligned=True).item() == 0.0
+    # 2 x 2 samples at 0.25 and 0.75 in each axis: x reads 0.25 or 0.75, y reads 0.5 or 1.5
+    assert roi_align(features, roi, 1, 1.0, sampling_ratio=2).item() == 1.5
+    # past the last cell centre a sample reads the edge; beyond -1 it reads 0
+    edge = torch.tensor([[0.0, 1.5, 1.5, 1.9, 1.9]])
+    assert roi_align(features, edge, 1, 1.0, sampling_ratio=1).item() == 3.0
+    far = torch.tensor([[0.0, -9.0, -9.0, -5.0, -5.0]])
+    assert roi_align(features, far, 2, 1.0).abs().sum() == 0
+
+
+@pytest.mark.parametrize("sampling_ratio", [-1, 0, 1, 2, 3])
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("output_size", [1, (2, 3), 7])
+def test_matches_reference(sampling_ratio, aligned, output_size, random_rois):
+    g = torch.Generator().manual_seed(0)
+    features = torch.randn(2, 3, 9, 11, generator=g, dtype=torch.float64)
+    rois = random_rois(12, 2, g)
+    rois[0, 1:] = torch.tensor([80.0, 60.0, 70.0, 50.0], dtype=torch.float64)  # inside-out
+    args = (features, rois, output_size, 1 / 16, sampling_ratio, aligned)
+    torch.testing.assert_close(roi_align(*args), roi_align_reference(*args))
+
+
+def test_float32_matches_reference(random_rois):
+    g = torch.Generator().manual_seed(1)
+    features = torch.randn(1, 4, 20, 30, generator=g)
+    rois = random_rois(30, 1, g, size=400.0, dtype=torch.float32)
+    args = (features, rois, 7, 1 / 16, 2, False)
+    out = roi_align(*args)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, roi_align_reference(*args), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("sampling_ratio", "aligned"), [(2, True), (-1, False)])
+def test_gradcheck_features_and_box_coordinates(sampling_ratio, aligned):
+    g = torch.Generator().manual_seed(2)
+    features = torch.randn(2, 2, 6, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    # boxes inside the map, away from integer sample positions (the kinks of bilinear)
+    corners = torch.tensor([[10.3, 7.1, 61.7, 52.9], [30.2, 20.6, 90.4, 80.8]], dtype=torch.float64)
+    corners.requires_grad_(True)
+    batch = torch.tensor([[0.0], [1.0]], dtype=torch.float64)
+
+    def op(f, c):
+        return roi_align(f, torch.cat([batch, c], 1), (2, 3), 1 / 16, sampling_ratio, aligned)
+
+    assert torch.autograd.gradcheck(op, (features, corners))
+
+
+def test_empty_dtype_and_bad_inputs():
+    features = torch.randn(1, 3, 5, 5, dtype=torch.float64)
+    assert roi_align(features, torch.zeros(0, 5, dtype=torch.float64), 7, 1.0).shape == (0, 3, 7, 7)
+    rois = torch.tensor([[0.0, 0, 0, 4, 4]], dtype=torch.float64)
+    assert roi_align(features, rois, 2, 1.0).dtype == torch.float64
+    with pytest.raises(ValueError, match=r"\(R, 5\)"):
+        roi_align(features, torch.zeros(2, 4), 2, 1.0)
+    with pytest.raises(ValueError, match="batch_index"):
+        roi_align(features, torch.tensor([[-1.0, 0, 0, 4, 4]]), 2, 1.0)
