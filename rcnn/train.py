@@ -97,6 +97,7 @@ class Trainer:
         time_budget: float | None = None,
     ):
         self.model, self.dataset, self.config, self.run_dir = model, dataset, config, Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.pixel_stats = pixel_stats
         self.evaluate = evaluate
         self.plan = make_plan(config, model.stages, len(dataset), time_budget)

@@ -1,0 +1,108 @@
+import dataclasses
+
+import pytest
+import torch
+
+from rcnn import checkpoint
+from rcnn.data.shapes import ShapesDataset
+from rcnn.errors import RcnnError
+from rcnn.models.build import InputConfig, RunConfig
+from rcnn.models.faster_rcnn import FasterRCNN
+from rcnn.optim import TrainConfig
+from rcnn.train import CHECKPOINT, Trainer
+from tests.test_faster_rcnn import CONFIG
+from tests.tiny import tiny_backbone
+
+RUN = RunConfig(
+    backbone="tiny",
+    input=InputConfig(min_sizes=(96, 128), max_size=160, test_size=128),
+    train=TrainConfig(
+        epochs=2,
+        images_per_batch=2,
+        learning_rate=0.01,
+        warmup_iterations=2,
+        workers=0,
+        checkpoint_every=3,
+    ),
+    faster_rcnn=CONFIG,
+)
+
+
+class Crash(Exception):
+    pass
+
+
+def make_trainer(run_dir, config=RUN, **options):
+    torch.manual_seed(0)
+    model = FasterRCNN(tiny_backbone(), 8, config.faster_rcnn)
+    dataset = ShapesDataset("train", size=8)
+    return Trainer(model, dataset, config, run_dir, model.pixel_stats, **options)
+
+
+def weights(trainer):
+    return {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+
+def test_a_resumed_run_ends_with_the_same_weights(tmp_path, monkeypatch):
+    straight = make_trainer(tmp_path / "straight")
+    assert straight.run()
+    expected = weights(straight)
+
+    crashing = make_trainer(tmp_path / "resumed")
+    original_step = Trainer.step
+    calls = {"n": 0}
+
+    def step_then_crash(self, samples):
+        calls["n"] += 1
+        if calls["n"] == 7:  # in epoch 2, after the mid-epoch checkpoint of step 6
+            raise Crash
+        return original_step(self, samples)
+
+    monkeypatch.setattr(Trainer, "step", step_then_crash)
+    with pytest.raises(Crash):
+        crashing.run()
+    monkeypatch.setattr(Trainer, "step", original_step)
+    _, state = checkpoint.load(tmp_path / "resumed" / CHECKPOINT)
+    assert (state["position"]["epoch"], state["position"]["batch"], state["position"]["step"]) == (
+        1,
+        2,
+        6,
+    )
+    resumed = make_trainer(tmp_path / "resumed")
+    assert resumed.run(resume=True)
+    for name, value in weights(resumed).items():
+        assert torch.equal(value, expected[name]), name
+
+
+def test_time_budget_stops_cleanly_with_a_checkpoint(tmp_path):
+    trainer = make_trainer(tmp_path, time_budget=1e-6)
+    assert trainer.run() is False
+    _, state = checkpoint.load(tmp_path / CHECKPOINT)
+    assert state["position"]["step"] == 1
+
+
+def test_divergence_names_the_step_and_the_last_checkpoint(tmp_path, monkeypatch):
+    trainer = make_trainer(tmp_path)
+    forward = trainer.model.forward
+    calls = {"n": 0}
+
+    def poisoned(batch):
+        calls["n"] += 1
+        losses = forward(batch)
+        if calls["n"] == 5:
+            losses["rpn_box"] = losses["rpn_box"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(trainer.model, "forward", poisoned)
+    with pytest.raises(
+        RcnnError, match=r"joint, epoch 2, step 5: the loss is no longer finite \(.*rpn_box=nan"
+    ):
+        trainer.run()
+    _, state = checkpoint.load(tmp_path / CHECKPOINT)
+    assert state["position"]["step"] == 4  # the last good state is kept
+
+
+def test_stage_shares_must_match_the_stages(tmp_path):
+    config = dataclasses.replace(RUN, train=dataclasses.replace(RUN.train, stage_shares=(1.0, 2.0)))
+    with pytest.raises(RcnnError, match="stage_shares needs 1 values"):
+        make_trainer(tmp_path, config)
