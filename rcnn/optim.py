@@ -10,6 +10,7 @@ epochs' and the clock's fraction).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -17,6 +18,7 @@ from torch import nn
 
 @dataclass(frozen=True)
 class TrainConfig:
+    optimizer: Literal["sgd", "adamw"] = "sgd"  # the papers' SGD; AdamW for from-scratch nets
     epochs: int = 12
     images_per_batch: int = 2
     learning_rate: float = 0.001
@@ -34,7 +36,7 @@ class TrainConfig:
     checkpoint_every: int = 200  # iterations between checkpoints, besides each epoch's end
 
 
-def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.SGD:
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """SGD over the trainable parameters in three groups: weights (decayed), biases (x2 rate,
     no decay), normalisation scales (no decay). Each group keeps its ``base_lr`` for the
     schedule."""
@@ -59,6 +61,8 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.SGD:
         for kind, params in groups.items()
         if params
     ]
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(param_groups, lr=config.learning_rate)
     return torch.optim.SGD(param_groups, lr=config.learning_rate, momentum=config.momentum)
 
 
