@@ -59,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     proposals.add_argument("--mode", default="fast", choices=("fast", "quality"))
     proposals.add_argument("--recall", action="store_true", help="recall and MABO over a split")
     proposals.add_argument("--json", action="store_true")
-    proposals.add_argument("--out", default=None, help="directory for pictures")
+    proposals.add_argument(
+        "--out", default=None, help="directory for the picture (image) or the cache (data set)"
+    )
 
     lineage = commands.add_parser("lineage", help="the four models side by side")
     lineage.add_argument("--data", required=True)
@@ -82,13 +84,27 @@ def _not_yet(what: str, issue: int):
     return handler
 
 
+def _proposals(args: argparse.Namespace) -> int:
+    from rcnn.classic.proposals_command import run_proposals
+
+    return run_proposals(
+        args.input,
+        split=args.split,
+        method=args.method,
+        mode=args.mode,
+        recall=args.recall,
+        as_json=args.json,
+        out=args.out,
+    )
+
+
 HANDLERS = {
     "demo": _not_yet("shapes -> Faster R-CNN -> eval -> pictures", 4),
     "data": _not_yet("write the shapes set in the VOC layout", 3),
     "train": _not_yet("train any of the four models", 4),
     "eval": _not_yet("VOC and COCO metrics of a run", 3),
     "detect": _not_yet("detections as pictures or JSON", 4),
-    "proposals": _not_yet("selective search proposals and their recall", 5),
+    "proposals": _proposals,
     "lineage": _not_yet("the four models side by side", 5),
     "bench": _not_yet("timings of the ops and models", 2),
     "export": _not_yet("ONNX export of Faster R-CNN", 7),

@@ -1,0 +1,133 @@
+import json
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from rcnn.boxes import box_iou
+from rcnn.classic.proposals_command import DRAWN_PROPOSALS, draw_proposals
+from rcnn.cli import main
+from rcnn.structures import Annotation
+
+
+@pytest.fixture
+def image_file(scene, tmp_path):
+    path = tmp_path / "scene.png"
+    Image.fromarray(scene.image).save(path)
+    return path
+
+
+def test_an_image_file_gets_its_proposals_counted_and_drawn(image_file, tmp_path, capsys):
+    out = tmp_path / "pictures"
+    assert main(["proposals", str(image_file), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"{image_file}: ") and "proposals (fast mode) in" in printed
+    with Image.open(out / "scene_proposals.png") as picture:
+        assert picture.size == (128, 96) and picture.mode == "RGB"
+        # the drawing changed the image: boxes are on it
+        assert not np.array_equal(np.asarray(picture), np.asarray(Image.open(image_file)))
+
+
+def test_an_image_file_as_json(image_file, scene, capsys):
+    assert main(["proposals", str(image_file), "--json", "--mode", "quality"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert (record["width"], record["height"], record["mode"]) == (128, 96, "quality")
+    boxes = torch.tensor(record["boxes"])
+    assert boxes.shape[1] == 4 and len(boxes) > DRAWN_PROPOSALS
+    assert (box_iou(torch.tensor(scene.objects), boxes).max(dim=1).values > 0.8).all()
+
+
+def test_an_unreadable_image_is_a_one_line_error(tmp_path, capsys):
+    path = tmp_path / "broken.jpg"
+    path.write_bytes(b"not an image")
+    assert main(["proposals", str(path)]) == 1
+    error = capsys.readouterr().err
+    assert (
+        error.startswith(f"rcnn: error: {path}: cannot be read as an image")
+        and error.count("\n") == 1
+    )
+
+
+def test_drawn_boxes_end_on_their_last_pixel():
+    picture = np.asarray(
+        draw_proposals(np.zeros((10, 10, 3), np.uint8), torch.tensor([[2.0, 3.0, 8.0, 9.0]]))
+    )
+    lit = np.nonzero(picture.any(axis=2))
+    assert (lit[1].min(), lit[0].min(), lit[1].max(), lit[0].max()) == (2, 3, 7, 8)
+
+
+class FakeDataset:
+    def __init__(self, images, boxes):
+        self.images, self.boxes = images, boxes
+
+    def __len__(self):
+        return len(self.images)
+
+    def image_id(self, i):
+        return f"{i:06d}"
+
+    def load_image(self, i):
+        return torch.from_numpy(self.images[i]).permute(2, 0, 1)
+
+    def annotation(self, i):
+        g = len(self.boxes[i])
+        return Annotation(
+            self.boxes[i], torch.ones(g, dtype=torch.int64), torch.zeros(g, dtype=torch.bool)
+        )
+
+
+def _proposal_recall(proposals, annotations):
+    """A stand-in for rcnn.evaluation.recall.proposal_recall."""
+    best = [
+        box_iou(a.boxes, p).max(dim=1).values for p, a in zip(proposals, annotations, strict=True)
+    ]
+    best = torch.cat(best)
+    recall50, recall70 = (best >= 0.5).float().mean(), (best >= 0.7).float().mean()
+    return {"recall50": recall50, "recall70": recall70, "average_recall": 0.5, "mabo": best.mean()}
+
+
+@pytest.fixture
+def opened(make_scene, scene, monkeypatch):
+    """rcnn.data.open_dataset and rcnn.evaluation.recall.proposal_recall, faked; the list of
+    (spec, split) opened."""
+    dataset = FakeDataset([make_scene(0), make_scene(1)], [torch.tensor(scene.objects)] * 2)
+    opened = []
+
+    def open_dataset(spec, split):
+        opened.append((spec, split))
+        return dataset
+
+    monkeypatch.setitem(sys.modules, "rcnn.data", types.SimpleNamespace(open_dataset=open_dataset))
+    recall_module = types.SimpleNamespace(proposal_recall=_proposal_recall)
+    monkeypatch.setitem(sys.modules, "rcnn.evaluation.recall", recall_module)
+    return opened
+
+
+def test_a_data_set_split_reports_recall_as_json(opened, capsys, tmp_path):
+    argv = ["proposals", "shapes", "--recall", "--json", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert opened == [("shapes", "test")]
+    assert list(summary) == [
+        *("method", "mode", "images", "boxes_per_image", "seconds_per_image"),
+        *("recall50", "recall70", "average_recall", "mabo"),
+    ]
+    assert summary["method"] == "selective-search" and summary["images"] == 2
+    assert summary["recall50"] == 1.0 and summary["boxes_per_image"] > 10
+    assert summary["seconds_per_image"] > 0
+    assert list(tmp_path.glob("selective-search-fast-*/000001.npz"))  # cached in --out
+
+
+def test_a_data_set_split_as_text(opened, capsys):
+    assert main(["proposals", "voc:/data/VOC2007", "--split", "val", "--mode", "quality"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert opened == [("voc:/data/VOC2007", "val")]
+    assert len(lines) == 1 and lines[0].startswith(
+        "voc:/data/VOC2007 val: 2 images, quality mode, "
+    )
+    assert main(["proposals", "shapes", "--recall"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and lines[1].startswith("recall50 1.000, recall70 ")
