@@ -51,7 +51,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from skimage.color import rgb2hsv, rgb2lab
+from skimage.color import rgb2lab
 from skimage.segmentation import felzenszwalb
 from torch import Tensor
 
@@ -159,8 +159,8 @@ def _hierarchies_of_colour_space(
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """(boxes (M, 4), ranks j (M,)) of every hierarchy of one colour space, k by k."""
     image = colour_space_image(rgb, space)  # (H, W, C) uint8
-    colour = colour_bins(image)
-    texture = texture_bins(image) if any("T" in m for m in config.similarities) else None
+    colour = colour_columns(image)
+    texture = texture_columns(image) if any("T" in m for m in config.similarities) else None
     segment_this = np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image
     hierarchies = []
     for k in config.ks:
@@ -197,7 +197,7 @@ def rank_boxes(
 def colour_space_image(rgb: np.ndarray, space: str) -> np.ndarray:
     """uint8 RGB (H, W, 3) -> uint8 (H, W, C) in ``space`` (one of ``COLOUR_SPACES``)."""
     if space in ("HSV", "H"):
-        hsv = _to_uint8(rgb2hsv(rgb) * 255)
+        hsv = _to_uint8(_hsv(rgb) * 255)
         return hsv if space == "HSV" else hsv[..., :1]
     if space == "Lab":
         lab = rgb2lab(rgb)  # L in [0, 100], a and b in about [-128, 127]
@@ -211,6 +211,24 @@ def colour_space_image(rgb: np.ndarray, space: str) -> np.ndarray:
     raise ValueError(f"unknown colour space {space!r}; choose from {COLOUR_SPACES}")
 
 
+def _hsv(rgb: np.ndarray) -> np.ndarray:
+    """uint8 RGB (H, W, 3) -> float32 (H, W, 3) hue, saturation and value, each in [0, 1]."""
+    rgb = rgb.astype(np.float32)
+    red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    value = rgb.max(axis=2)
+    chroma = value - rgb.min(axis=2)
+    safe = np.where(chroma > 0, chroma, 1)  # grey pixels: hue and saturation 0
+    # hue in sixths of the circle: from red (max R), green (max G) or blue (max B)
+    hue = np.where(
+        value == red,
+        (green - blue) / safe,
+        np.where(value == green, 2 + (blue - red) / safe, 4 + (red - green) / safe),
+    )
+    hue = np.where(chroma > 0, (hue / 6) % 1, 0)
+    saturation = chroma / np.where(value > 0, value, 1)
+    return np.stack([hue, saturation, value / 255], axis=2)
+
+
 def _intensity(rgb: np.ndarray) -> np.ndarray:
     """(H, W, 1) float32 grey level 0.299 R + 0.587 G + 0.114 B (as MATLAB's rgb2gray)."""
     return rgb.astype(np.float32) @ np.array([[0.299], [0.587], [0.114]], np.float32)
@@ -220,20 +238,23 @@ def _to_uint8(values: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(values), 0, 255).astype(np.uint8)
 
 
-def colour_bins(image: np.ndarray) -> np.ndarray:
-    """uint8 (H, W, C) -> (C, H*W) colour histogram bin of each pixel, in [0, 25)."""
-    bins = (image.astype(np.uint16) * COLOUR_BINS) >> 8  # 25 equal bins over [0, 256)
+def colour_columns(image: np.ndarray) -> np.ndarray:
+    """uint8 (H, W, C) -> (C, H*W) int64: each pixel's column in the colour histogram,
+    channel c * 25 + bin, the bins splitting [0, 256) in 25 equal parts."""
+    bins = (image.astype(np.int64) * COLOUR_BINS) >> 8
+    bins += np.arange(image.shape[2]) * COLOUR_BINS  # channel c's bins start at c * 25
     return np.moveaxis(bins, 2, 0).reshape(image.shape[2], -1)  # (H, W, C) -> (C, H*W)
 
 
-def texture_bins(image: np.ndarray) -> np.ndarray:
-    """uint8 (H, W, C) -> (8*C, H*W) texture histogram bin of each pixel, in [0, 10).
+def texture_columns(image: np.ndarray) -> np.ndarray:
+    """uint8 (H, W, C) -> (8*C, H*W) int64: each pixel's column in the texture histogram,
+    feature f * 10 + bin, for the 8*C features (orientation, channel).
 
     Gaussian derivatives (sigma = 1) in 8 orientations per channel: the first derivative
     steered to 0, 45, 90 and 135 degrees, split into its positive part and its negated
     negative part (the derivative at theta + 180 degrees). A channel's 8 response maps are
     divided by their common maximum over the image (keeping the orientations' relative
-    strengths) and cut into 10 equal bins. Rows: orientation-major, (orientation, channel).
+    strengths) and cut into 10 equal bins.
     """
     channels = np.moveaxis(image, 2, 0).astype(np.float32)  # (H, W, C) -> (C, H, W)
     d_x, d_y = _gaussian_gradient(channels, TEXTURE_SIGMA)
@@ -242,8 +263,9 @@ def texture_bins(image: np.ndarray) -> np.ndarray:
     responses = np.concatenate([np.maximum(steered, 0), np.maximum(-steered, 0)])  # (8, C, H, W)
     peak = responses.max(axis=(0, 2, 3), keepdims=True)  # (1, C, 1, 1)
     scale = np.divide(TEXTURE_BINS, peak, out=np.zeros_like(peak), where=peak > 0)  # flat: 0
-    bins = np.minimum(responses * scale, TEXTURE_BINS - 1).astype(np.uint8)
-    return bins.reshape(len(bins) * len(channels), -1)  # (8, C, H, W) -> (8*C, H*W)
+    bins = np.minimum(responses * scale, TEXTURE_BINS - 1).astype(np.int64)
+    bins = bins.reshape(len(bins) * len(channels), -1)  # (8, C, H, W) -> (8*C, H*W)
+    return bins + (np.arange(len(bins)) * TEXTURE_BINS)[:, None]
 
 
 def _gaussian_gradient(channels: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
@@ -293,29 +315,30 @@ class Regions:
 
 
 def initial_regions(labels: np.ndarray, colour: np.ndarray, texture: np.ndarray | None) -> Regions:
-    """Regions of a label image (H, W) with labels 0..R-1, from the pixels' colour and texture
-    bins ((C, H*W) and (8*C, H*W), see ``colour_bins`` and ``texture_bins``)."""
+    """Regions of a label image (H, W) with labels 0..R-1, from its pixels' histogram columns
+    (``colour_columns`` (C, H*W) and ``texture_columns`` (8*C, H*W) or None)."""
     flat = labels.ravel()
     count = int(flat.max()) + 1
+    colour_width = len(colour) * COLOUR_BINS
     return Regions(
         sizes=np.bincount(flat, minlength=count),
         boxes=region_boxes(labels, count),
-        colour=region_histograms(colour, flat, count, COLOUR_BINS),
-        texture=None if texture is None else region_histograms(texture, flat, count, TEXTURE_BINS),
+        colour=region_histograms(colour, flat, count, colour_width),
+        texture=None
+        if texture is None
+        else region_histograms(texture, flat, count, len(texture) * TEXTURE_BINS),
         image_area=labels.size,
     )
 
 
-def region_histograms(bins: np.ndarray, labels: np.ndarray, count: int, n_bins: int) -> np.ndarray:
-    """(R, F*n_bins) float32 L1-normalised histograms of F features' bins (F, N) per region.
-
-    One ``np.bincount`` over (region, feature, bin) for all pixels at once.
-    """
-    features = len(bins)
-    index = labels.astype(np.int64) * (features * n_bins)  # (N,): the region's first column
-    index = index[None, :] + (np.arange(features) * n_bins)[:, None] + bins  # (F, N)
-    counts = np.bincount(index.ravel(), minlength=count * features * n_bins)
-    counts = counts.reshape(count, features * n_bins).astype(np.float32)
+def region_histograms(
+    columns: np.ndarray, labels: np.ndarray, count: int, width: int
+) -> np.ndarray:
+    """(R, width) float32 L1-normalised histograms per region, from each pixel's columns (F, N)
+    (one per feature) and labels (N,) in 0..R-1: one ``np.bincount`` over all of them."""
+    index = labels[None, :] * width + columns  # (F, N): row = region, column = (feature, bin)
+    counts = np.bincount(index.ravel(), minlength=count * width).reshape(count, width)
+    counts = counts.astype(np.float32)
     return counts / counts.sum(axis=1, keepdims=True)
 
 
@@ -366,19 +389,9 @@ def size_similarity(size_a, size_b, image_area: float):
 def fill_similarity(size_a, size_b, box_a: np.ndarray, box_b: np.ndarray, image_area: float):
     """s_fill = 1 - (size(BB_ab) - size(a) - size(b)) / size(image): regions that fill each
     other's gaps merge early. BB_ab is the tight box around both; boxes are (..., 4)."""
-    enclosing = enclosing_box(box_a, box_b)
-    enclosing_area = (enclosing[..., 2] - enclosing[..., 0]) * (
-        enclosing[..., 3] - enclosing[..., 1]
-    )
-    return 1.0 - (enclosing_area - size_a - size_b) / image_area
-
-
-def enclosing_box(box_a: np.ndarray, box_b: np.ndarray) -> np.ndarray:
-    """The tight (..., 4) xyxy box around boxes (..., 4) a and b."""
-    return np.concatenate(
-        [np.minimum(box_a[..., :2], box_b[..., :2]), np.maximum(box_a[..., 2:], box_b[..., 2:])],
-        axis=-1,
-    )
+    # BB_ab's width and height: max(x2, y2) - min(x1, y1) over a and b
+    extent = np.maximum(box_a[..., 2:], box_b[..., 2:]) - np.minimum(box_a[..., :2], box_b[..., :2])
+    return 1.0 - (extent[..., 0] * extent[..., 1] - size_a - size_b) / image_area
 
 
 def merge_histograms(hist_a: np.ndarray, size_a, hist_b: np.ndarray, size_b) -> np.ndarray:
@@ -411,22 +424,24 @@ class _Grouping:
 
     def similarity(self, a, b) -> np.ndarray:
         """s(a, b): the sum of the enabled measures, for indices a and b (broadcast)."""
-        total = np.zeros(np.broadcast(a, b).shape)
+        sizes, boxes, area = self.sizes, self.boxes, self.image_area
+        terms = []
         if self.histograms is not None:
-            total += histogram_intersection(self.histograms[a], self.histograms[b])
+            terms.append(histogram_intersection(self.histograms[a], self.histograms[b]))
         if "S" in self.measures:
-            total += size_similarity(self.sizes[a], self.sizes[b], self.image_area)
+            terms.append(size_similarity(sizes[a], sizes[b], area))
         if "F" in self.measures:
-            sizes, boxes = self.sizes, self.boxes
-            total += fill_similarity(sizes[a], sizes[b], boxes[a], boxes[b], self.image_area)
-        return total
+            terms.append(fill_similarity(sizes[a], sizes[b], boxes[a], boxes[b], area))
+        return sum(terms[1:], start=terms[0])
 
     def merge(self, a: int, b: int) -> int:
         """Form region t = a ∪ b from its parts' statistics alone; returns t."""
         t = self.count
         size_a, size_b = self.sizes[a], self.sizes[b]
         self.sizes[t] = size_a + size_b
-        self.boxes[t] = enclosing_box(self.boxes[a], self.boxes[b])
+        box_a, box_b = self.boxes[a], self.boxes[b]
+        self.boxes[t, :2] = np.minimum(box_a[:2], box_b[:2])  # the tight box around both
+        self.boxes[t, 2:] = np.maximum(box_a[2:], box_b[2:])
         if self.histograms is not None:
             self.histograms[t] = merge_histograms(
                 self.histograms[a], size_a, self.histograms[b], size_b
@@ -453,22 +468,25 @@ def group_hierarchically(regions: Regions, pairs: np.ndarray, measures: str) -> 
     heapq.heapify(heap)
     alive = [True] * len(neighbours)
     first_merged = grouping.count
+    pop, push = heapq.heappop, heapq.heappush
     while heap:
-        _, a, b = heapq.heappop(heap)
+        _, a, b = pop(heap)
         if not (alive[a] and alive[b]):
             continue
         # merge the most similar pair into t; t's neighbours are those of a and b
         t = grouping.merge(a, b)
         alive[a] = alive[b] = False
-        around = (neighbours[a] | neighbours[b]) - {a, b}
+        around = neighbours[a] | neighbours[b]
+        around.discard(a)
+        around.discard(b)
         neighbours[t] = around
         for n in around:
-            neighbours[n] -= {a, b}
-            neighbours[n].add(t)
+            around_n = neighbours[n]
+            around_n.discard(a)
+            around_n.discard(b)
+            around_n.add(t)
         # add the similarities between t and its neighbours
-        others = np.fromiter(around, dtype=np.int64, count=len(around))
-        for similarity, n in zip(
-            grouping.similarity(t, others).tolist(), others.tolist(), strict=True
-        ):
-            heapq.heappush(heap, (-similarity, t, n))
+        others = list(around)
+        for similarity, n in zip((-grouping.similarity(t, others)).tolist(), others, strict=True):
+            push(heap, (similarity, t, n))
     return grouping.boxes[first_merged : grouping.count]

@@ -10,7 +10,7 @@ from rcnn.classic.selective_search import (
     Regions,
     SelectiveSearchConfig,
     _gaussian_gradient,
-    colour_bins,
+    colour_columns,
     colour_space_image,
     fill_similarity,
     group_hierarchically,
@@ -23,7 +23,7 @@ from rcnn.classic.selective_search import (
     region_histograms,
     selective_search,
     size_similarity,
-    texture_bins,
+    texture_columns,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -144,9 +144,9 @@ def test_colour_spaces_of_known_colours():
     assert colour_space_image(pixels, "I")[0, :2, 0].tolist() == [76, 255]
 
 
-def test_colour_bins_split_0_to_255_in_25_equal_bins():
-    image = np.array([[[0], [10], [11], [255]]], np.uint8)
-    assert colour_bins(image).tolist() == [[0, 0, 1, 24]]
+def test_colour_columns_split_0_to_255_in_25_equal_bins_per_channel():
+    image = np.array([[[0, 255], [10, 11], [11, 0], [255, 10]]], np.uint8)
+    assert colour_columns(image).tolist() == [[0, 0, 1, 24], [49, 26, 25, 25]]
 
 
 def test_gaussian_derivative_of_a_ramp_is_its_slope():
@@ -159,7 +159,9 @@ def test_gaussian_derivative_of_a_ramp_is_its_slope():
 def test_texture_of_a_vertical_edge_is_in_the_rising_x_orientation():
     image = np.zeros((16, 16, 1), np.uint8)
     image[:, 8:] = 200  # dark left, bright right: d/dx > 0 at the edge, d/dy = 0
-    bins = texture_bins(image).reshape(8, 16, 16)  # orientations 0, 45, ..., 315 degrees
+    columns = texture_columns(image).reshape(8, 16, 16)  # orientations 0, 45, ..., 315 degrees
+    bins = columns - np.arange(0, 80, 10)[:, None, None]  # feature f's bins start at f * 10
+    assert bins.min() >= 0 and bins.max() <= 9
     assert bins[0, :, 7:9].min() == 9  # strongest at the edge, in the 0 degree map
     assert bins[0, :, :4].max() == 0 and bins[0, :, 12:].max() == 0
     assert bins[[2, 4, 6]].max() == 0  # 90, 180, 270 degrees: no response
@@ -199,7 +201,7 @@ def test_region_boxes_and_neighbours_match_the_definitions(labels):
 
 
 def _regions(labels: np.ndarray, image: np.ndarray) -> Regions:
-    return initial_regions(labels, colour_bins(image), texture_bins(image))
+    return initial_regions(labels, colour_columns(image), texture_columns(image))
 
 
 @settings(max_examples=30, deadline=None)
@@ -237,9 +239,9 @@ def test_merged_histograms_equal_those_recomputed_from_the_pixels(scene):
     labels[:, 40:] = 1
     labels[50:, 90:] = 2
     merged_labels = np.where(labels == 2, 1, labels)  # regions 1 and 2 as one
-    for bins, n_bins in ((colour_bins(scene.image), 25), (texture_bins(scene.image), 10)):
-        parts = region_histograms(bins, labels.ravel(), 3, n_bins)
-        whole = region_histograms(bins, merged_labels.ravel(), 2, n_bins)[1]
+    for columns, width in ((colour_columns(scene.image), 75), (texture_columns(scene.image), 240)):
+        parts = region_histograms(columns, labels.ravel(), 3, width)
+        whole = region_histograms(columns, merged_labels.ravel(), 2, width)[1]
         sizes = np.bincount(labels.ravel())
         merged = merge_histograms(parts[1], sizes[1], parts[2], sizes[2])
         np.testing.assert_allclose(merged, whole, atol=1e-6)
