@@ -20,7 +20,7 @@ from torch import Tensor
 
 from rcnn.classic.proposal_cache import proposals_for
 from rcnn.classic.selective_search import selective_search
-from rcnn.errors import BadSampleError
+from rcnn.errors import BadSampleError, RcnnError
 
 DRAWN_PROPOSALS = 50  # the best this many are drawn; more would hide the image
 PALETTE = ("#e6194b", "#3cb44b", "#ffe119", "#0082c8", "#f58231", "#911eb4", "#46f0f0", "#f032e6")
@@ -40,6 +40,8 @@ def run_proposals(
     """The ``proposals`` command; returns the exit status."""
     workers = os.cpu_count() or 1
     if Path(source).is_file():
+        if recall:
+            raise RcnnError(f"{source}: --recall needs a data set (shapes, voc:DIR, coco:...)")
         return _image_proposals(Path(source), method, mode, as_json, out, workers)
     from rcnn.data import open_dataset
 

@@ -51,6 +51,11 @@ def test_an_unreadable_image_is_a_one_line_error(tmp_path, capsys):
     )
 
 
+def test_recall_of_a_single_image_is_refused(image_file, capsys):
+    assert main(["proposals", str(image_file), "--recall"]) == 1
+    assert "--recall needs a data set" in capsys.readouterr().err
+
+
 def test_drawn_boxes_end_on_their_last_pixel():
     picture = np.asarray(
         draw_proposals(np.zeros((10, 10, 3), np.uint8), torch.tensor([[2.0, 3.0, 8.0, 9.0]]))
