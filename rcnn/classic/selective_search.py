@@ -23,16 +23,17 @@ its authors' code (which R-CNN ran, in fast mode):
 with Felzenszwalb's sigma = 0.8 and minimum segment size = k. (OpenCV's ximgproc "fast"
 uses k = 150, 300, 450 instead; we follow the paper.)
 
-Details decided here, each as the authors' code does unless said otherwise:
+Details decided here:
 
-* Colour spaces are 8-bit images: HSV with each channel scaled to [0, 255]; Lab as 8-bit
-  Lab is stored (L * 255 / 100, a + 128, b + 128); rgI = (R / (R+G+B), G / (R+G+B)) scaled
-  to [0, 255] and the grey level I = 0.299 R + 0.587 G + 0.114 B; H the hue alone; I the
-  grey level alone. One-channel
+* Colour spaces are 8-bit images, as in the authors' code: HSV with each channel scaled to
+  [0, 255]; Lab as 8-bit Lab is stored (L * 255 / 100, a + 128, b + 128); rgI = the
+  chromaticities R / (R+G+B) and G / (R+G+B) scaled to [0, 255], and the grey level
+  I = 0.299 R + 0.587 G + 0.114 B; H the hue alone; I the grey level alone. One-channel
   spaces are segmented as three equal channels, as the authors' code does.
-* Colour histograms: 25 bins per channel over [0, 256). Texture histograms: the Gaussian
-  first derivative (sigma = 1) of each channel steered to 8 orientations (0, 45, ..., 315
-  degrees, each half-wave rectified), divided by the channel's largest response, 10 bins.
+* Colour histograms: 25 bins per channel over [0, 256). Texture histograms (the paper's
+  Gaussian derivatives, sigma = 1, 8 orientations, 10 bins): the first derivative of each
+  channel steered to 0, 45, ..., 315 degrees and half-wave rectified, divided by the
+  channel's largest response (our choice: it keeps the orientations' relative strengths).
   Both are L1-normalised per region; a merged region's are the size-weighted average.
 * The initial regions are proposals too, ranked after every merged region (the authors'
   code gives them j = R, once per segmentation).
