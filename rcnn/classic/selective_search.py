@@ -250,7 +250,7 @@ def colour_columns(image: np.ndarray) -> np.ndarray:
 
 
 def texture_columns(image: np.ndarray) -> np.ndarray:
-    """uint8 (H, W, C) -> (8*C, H*W) int64: each pixel's column in the texture histogram,
+    """uint8 (H, W, C) -> (8*C, H*W) int32: each pixel's column in the texture histogram,
     feature f * 10 + bin, for the 8*C features (orientation, channel).
 
     Gaussian derivatives (sigma = 1) in 8 orientations per channel: the first derivative
@@ -265,10 +265,11 @@ def texture_columns(image: np.ndarray) -> np.ndarray:
     steered = np.cos(angles)[:, None, None, None] * d_x + np.sin(angles)[:, None, None, None] * d_y
     responses = np.concatenate([np.maximum(steered, 0), np.maximum(-steered, 0)])  # (8, C, H, W)
     peak = responses.max(axis=(0, 2, 3), keepdims=True)  # (1, C, 1, 1)
-    scale = np.divide(TEXTURE_BINS, peak, out=np.zeros_like(peak), where=peak > 0)  # flat: 0
-    bins = np.minimum(responses * scale, TEXTURE_BINS - 1).astype(np.int64)
-    bins = bins.reshape(len(bins) * len(channels), -1)  # (8, C, H, W) -> (8*C, H*W)
-    return bins + (np.arange(len(bins)) * TEXTURE_BINS)[:, None]
+    responses *= np.divide(TEXTURE_BINS, peak, out=np.zeros_like(peak), where=peak > 0)
+    columns = responses.astype(np.int32).reshape(len(responses) * len(channels), -1)
+    np.minimum(columns, TEXTURE_BINS - 1, out=columns)  # the peak itself is in the last bin
+    columns += (np.arange(len(columns), dtype=np.int32) * TEXTURE_BINS)[:, None]
+    return columns  # (8, C, H, W) -> (8*C, H*W)
 
 
 def _gaussian_gradient(channels: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
