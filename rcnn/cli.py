@@ -62,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     proposals.add_argument("--mode", default="fast", choices=("fast", "quality"))
     proposals.add_argument("--recall", action="store_true", help="recall and MABO over a split")
     proposals.add_argument("--json", action="store_true")
-    proposals.add_argument("--out", default=None, help="directory for pictures")
+    proposals.add_argument(
+        "--out", default=None, help="directory for the picture (image) or the cache (data set)"
+    )
 
     lineage = commands.add_parser("lineage", help="the four models side by side")
     lineage.add_argument("--data", required=True)
@@ -153,13 +155,27 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _proposals(args: argparse.Namespace) -> int:
+    from rcnn.classic.proposals_command import run_proposals
+
+    return run_proposals(
+        args.input,
+        split=args.split,
+        method=args.method,
+        mode=args.mode,
+        recall=args.recall,
+        as_json=args.json,
+        out=args.out,
+    )
+
+
 HANDLERS = {
     "demo": _demo,
     "data": _data,
     "train": _train,
     "eval": _eval,
     "detect": _detect,
-    "proposals": _not_yet("selective search proposals and their recall", 5),
+    "proposals": _proposals,
     "lineage": _not_yet("the four models side by side", 5),
     "bench": _bench,
     "export": _not_yet("ONNX export of Faster R-CNN", 7),

@@ -1,0 +1,1 @@
+"""The pre-deep-learning parts of R-CNN: selective search proposals and their cache."""
