@@ -19,6 +19,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from rcnn import checkpoint
+from rcnn.classic.selective_search import selective_search
 from rcnn.config import from_dict, to_dict
 from rcnn.data.dataset import Sample
 from rcnn.data.images import decode_image
@@ -91,12 +92,23 @@ class Detector:
             "class_names": names,
         }
 
+    @property
+    def proposal_mode(self) -> str | None:
+        """Selective search's mode for the models that take proposals from outside, else None."""
+        return getattr(self.model, "proposal_mode", None)
+
     def detect(self, images: Sequence[Tensor]) -> list[Detections]:
-        """uint8 (3, H, W) images -> their Detections in their own pixels."""
+        """uint8 (3, H, W) images -> their Detections in their own pixels (R-CNN, SPPNet and
+        Fast R-CNN first run selective search on each image)."""
         samples = [
-            self.transform(Sample(image, Annotation.empty(), i)) for i, image in enumerate(images)
+            Sample(image, Annotation.empty(), i, proposals=self.propose(image))
+            for i, image in enumerate(images)
         ]
-        return self.detect_samples(samples)
+        return self.detect_samples([self.transform(sample) for sample in samples])
+
+    def propose(self, image: Tensor) -> Tensor | None:
+        mode = self.proposal_mode
+        return None if mode is None else selective_search(image, mode)
 
     @torch.no_grad()
     def detect_samples(self, samples: Sequence[Sample]) -> list[Detections]:

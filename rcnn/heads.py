@@ -18,7 +18,13 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from rcnn.box_coder import BoxCoder
+from rcnn.boxes import to_rois
+from rcnn.losses import fast_rcnn_loss
 from rcnn.ops import roi_align, roi_pool
+from rcnn.postprocess import DetectionConfig, select_detections
+from rcnn.proposal_targets import ProposalTargetConfig, proposal_targets
+from rcnn.structures import Detections
 
 RoIOp = Literal["pool", "align"]
 
@@ -49,7 +55,8 @@ class RPNHead(nn.Module):
 
 
 class FastRCNNHead(nn.Module):
-    """RoI pooling + the backbone's per-region layers + the two sibling output layers."""
+    """RoI pooling + the backbone's per-region layers + the two sibling output layers; its
+    training loss on sampled RoIs and its test-time detections."""
 
     def __init__(
         self,
@@ -71,6 +78,7 @@ class FastRCNNHead(nn.Module):
         self.pool_size = pool_size
         self.spatial_scale = spatial_scale
         self.roi_op = roi_op
+        self.coder = BoxCoder.fast_rcnn()
 
     def pool(self, features: Tensor, rois: Tensor) -> Tensor:
         """features (N, C, H, W), rois (R, 5) -> (R, C, p, p)."""
@@ -82,3 +90,49 @@ class FastRCNNHead(nn.Module):
         """-> class logits (R, K+1), class-specific box deltas (R, (K+1)*4)."""
         x = self.representation(self.pool(features, rois))
         return self.cls_score(x), self.bbox_pred(x)
+
+    def loss(
+        self,
+        features: Tensor,
+        proposals: list[Tensor],
+        gt_boxes: list[Tensor],
+        gt_labels: list[Tensor],
+        config: ProposalTargetConfig,
+    ) -> dict[str, Tensor]:
+        """Sample RoIs per image (proposal target layer), then the multi-task loss on them.
+
+        The RoIs are gathered from the proposals themselves, so a gradient the proposals carry
+        (non-approximate joint training) reaches what made them.
+        """
+        sampled = [
+            proposal_targets(p, b, l, config, self.coder)
+            for p, b, l in zip(proposals, gt_boxes, gt_labels, strict=True)
+        ]
+        boxes = [
+            torch.cat((p, b.to(p.dtype)))[s.indices]
+            for p, b, s in zip(proposals, gt_boxes, sampled, strict=True)
+        ]
+        logits, deltas = self(features, to_rois(boxes))
+        labels = torch.cat([s.labels for s in sampled])
+        targets = torch.cat([s.targets for s in sampled])
+        return fast_rcnn_loss(logits, deltas, labels, targets)
+
+    def detect(
+        self,
+        features: Tensor,
+        proposals: list[Tensor],
+        image_sizes: list[tuple[int, int]],
+        config: DetectionConfig,
+    ) -> list[Detections]:
+        """Score and refine every proposal, then per-class NMS, image by image."""
+        logits, deltas = self(features, to_rois(proposals))
+        probabilities = torch.softmax(logits, dim=1)  # (R, K+1)
+        rois = torch.cat(proposals)
+        boxes = self.coder.decode(deltas, rois).reshape(rois.shape[0], -1, 4)  # (R, K+1, 4)
+        counts = [p.shape[0] for p in proposals]
+        return [
+            select_detections(b[:, 1:], s[:, 1:], size, config)  # the background column dropped
+            for b, s, size in zip(
+                boxes.split(counts), probabilities.split(counts), image_sizes, strict=True
+            )
+        ]

@@ -1,22 +1,44 @@
-"""Running a detector over a data set split: parallel loading, timing, results in order."""
+"""Running a detector over a data set split: proposals, parallel loading, timing."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from tqdm import tqdm
 
-from rcnn.data.dataset import DetectionDataset
+from rcnn.classic.proposal_cache import DEFAULT_CACHE_DIR, proposals_for
+from rcnn.data.dataset import DetectionDataset, WithProposals
 from rcnn.data.loader import make_loader
 from rcnn.detector import Detector
 from rcnn.structures import Detections
 
 
+@dataclass(frozen=True)
+class DatasetDetections:
+    """Detections by image index (original pixels), the detector's seconds per image
+    (resize, normalise, model, post-processing; decoding and proposals excluded), and the
+    proposals' seconds per image and count per image when selective search made them."""
+
+    detections: dict[int, Detections]
+    seconds_per_image: float
+    proposal_seconds_per_image: float = 0.0
+    proposals_per_image: float = 0.0
+
+
 def detect_dataset(
     detector: Detector, dataset: DetectionDataset, workers: int = 2, progress: bool = True
-) -> tuple[dict[int, Detections], float]:
-    """Detections for every image that loads (index -> Detections, original pixels) and the
-    detector's seconds per image (resize/normalise/model/post-processing; decoding excluded)."""
+) -> DatasetDetections:
+    """Run ``detector`` over every image of ``dataset`` that loads. The models that take
+    proposals from outside get selective search's, computed once and cached."""
+    proposal_seconds = proposal_count = 0.0
+    if detector.proposal_mode is not None:
+        proposals = proposals_for(
+            dataset, detector.proposal_mode, DEFAULT_CACHE_DIR, progress=progress
+        )
+        proposal_seconds = sum(proposals.seconds) / max(1, len(proposals))
+        proposal_count = sum(len(p) for p in proposals) / max(1, len(proposals))
+        dataset = WithProposals(dataset, proposals)
     loader = make_loader(dataset, 1, detector.transform, shuffle=False, num_workers=workers)
     results: dict[int, Detections] = {}
     seconds = 0.0
@@ -29,4 +51,6 @@ def detect_dataset(
         (detections,) = detector.detect_samples(samples)
         seconds += time.perf_counter() - started
         results[samples[0].index] = detections
-    return results, seconds / max(1, len(results))
+    return DatasetDetections(
+        results, seconds / max(1, len(results)), proposal_seconds, proposal_count
+    )

@@ -127,19 +127,23 @@ def evaluate_run(run_dir: Path, data: str, split: str | None = None, workers: in
         raise RcnnError(f"{data}: no test or val split to evaluate on; name one with --split")
     detector = Detector.load(run_dir)
     dataset = open_for_run(data, split, detector.class_names)
-    results, seconds = detect_dataset(detector, dataset, workers)
-    indices = sorted(results)
+    found = detect_dataset(detector, dataset, workers)
+    indices = sorted(found.detections)
     evaluation = evaluate_detections(
-        [results[i] for i in indices],
+        [found.detections[i] for i in indices],
         [dataset.annotation(i) for i in indices],
         detector.class_names,
         [dataset.image_size(i) for i in indices],
-        seconds,
+        found.seconds_per_image,
     )
-    print(format_table(evaluation.metrics))
-    write_metrics(run_dir / "metrics.json", evaluation.metrics)
+    metrics = evaluation.metrics | {
+        "proposal_seconds_per_image": found.proposal_seconds_per_image,
+        "proposals_per_image": found.proposals_per_image,
+    }
+    print(format_table(metrics))
+    write_metrics(run_dir / "metrics.json", metrics)
     plot_pr_curves(evaluation.voc, detector.class_names, run_dir / "pr_curves.png")
-    return evaluation.metrics
+    return metrics
 
 
 def draw_examples(
@@ -205,9 +209,9 @@ def _detections_of(detector: Detector, inputs: list[str], split: str | None):
     if len(inputs) == 1 and is_spec(inputs[0]):
         split = split or test_split(inputs[0])
         dataset = open_for_run(inputs[0], split or "test", detector.class_names)
-        results, _ = detect_dataset(detector, dataset)
-        for index in sorted(results):
-            yield dataset.image_path(index), dataset.load_image(index), results[index]
+        found = detect_dataset(detector, dataset)
+        for index in sorted(found.detections):
+            yield dataset.image_path(index), dataset.load_image(index), found.detections[index]
         return
     for path in inputs:
         image = decode_image(path)

@@ -2,7 +2,9 @@
 
 A model trains in one or more stages (Faster R-CNN's approximate joint training has one, its
 4-step alternating training four). Each stage gets its share of the epochs (and of a time
-budget), a fresh SGD optimizer over what that stage trains, warm-up and step decay. After
+budget), a fresh SGD optimizer over what that stage trains, warm-up and step decay. A model
+may also name "fitted" stages that are not SGD (R-CNN's SVMs and box regressors): the loop
+hands those a FitContext once and checkpoints what they fitted. After
 every epoch, and every ``checkpoint_every`` iterations, one checkpoint file is written
 atomically; ``resume`` restores weights, optimizer, random generator and the position in the
 data, so on the CPU a resumed run ends with the same weights as an uninterrupted one. A time
@@ -15,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,6 +32,7 @@ from rcnn.data.transforms import TrainTransform, make_batch
 from rcnn.errors import RcnnError
 from rcnn.models.build import RunConfig
 from rcnn.optim import learning_rate_factor, make_optimizer, set_learning_rate
+from rcnn.structures import ImageBatch
 
 CHECKPOINT = "checkpoint.safetensors"
 LOG = "log.jsonl"
@@ -68,21 +71,51 @@ class Plan:
 
 
 def make_plan(
-    config: RunConfig, stages: tuple[str, ...], size: int, budget_minutes: float | None
+    config: RunConfig,
+    stages: tuple[str, ...],
+    fitted: tuple[str, ...],
+    size: int,
+    budget_minutes: float | None,
 ) -> Plan:
-    """Epochs split by ``train.stage_shares`` (equal by default, at least one per stage)."""
-    shares = config.train.stage_shares or (1.0,) * len(stages)
-    if len(shares) != len(stages):
-        raise RcnnError(
-            f"train.stage_shares needs {len(stages)} values, one per stage: {', '.join(stages)}"
-        )
-    epochs = tuple(max(1, round(config.train.epochs * s / sum(shares))) for s in shares)
-    budgets = (
-        None
-        if budget_minutes is None
-        else tuple(60 * budget_minutes * s / sum(shares) for s in shares)
+    """Epochs (and seconds) split over the SGD stages by ``train.stage_shares`` (equal by
+    default, at least one epoch each); fitted stages get none."""
+    trained = [stage for stage in stages if stage not in fitted]
+    shares = config.train.stage_shares or (1.0,) * len(trained)
+    if len(shares) != len(trained):
+        names = ", ".join(trained)
+        raise RcnnError(f"train.stage_shares needs {len(trained)} values, one per stage: {names}")
+    share = dict(zip(trained, (s / sum(shares) for s in shares), strict=True))
+    epochs = tuple(
+        max(1, round(config.train.epochs * share[s])) if s in share else 0 for s in stages
     )
+    budgets = None
+    if budget_minutes is not None:
+        budgets = tuple(60 * budget_minutes * share.get(s, 0.0) for s in stages)
     return Plan(stages, epochs, math.ceil(size / config.train.images_per_batch), budgets)
+
+
+@dataclass(frozen=True)
+class FitContext:
+    """What a fitted (non-SGD) stage gets: the training images, unflipped at the test scale,
+    with their annotations (and proposals, for the models that take them), and the run
+    directory for caches (R-CNN's features)."""
+
+    dataset: DetectionDataset
+    transform: TrainTransform
+    pixel_stats: tuple[tuple[float, ...], tuple[float, ...]]
+    size_divisible: int
+    run_dir: Path
+    workers: int
+
+    def batches(self, images_per_batch: int = 1, description: str = "fit") -> Iterator[ImageBatch]:
+        """The data set once, in order, as ImageBatches, with a progress bar."""
+        loader = make_loader(
+            self.dataset, images_per_batch, self.transform, False, num_workers=self.workers
+        )
+        mean, std = self.pixel_stats
+        for samples in tqdm(loader, desc=description, leave=False, dynamic_ncols=True):
+            if samples:
+                yield make_batch(samples, mean, std, self.size_divisible)
 
 
 class Trainer:
@@ -100,7 +133,8 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.pixel_stats = pixel_stats
         self.evaluate = evaluate
-        self.plan = make_plan(config, model.stages, len(dataset), time_budget)
+        self.fitted = tuple(getattr(model, "fitted_stages", ()))
+        self.plan = make_plan(config, model.stages, self.fitted, len(dataset), time_budget)
         transform = TrainTransform(
             config.input.min_sizes, config.input.max_size, 0.5 if config.input.flip else 0.0
         )
@@ -120,14 +154,40 @@ class Trainer:
         if resume:
             self.resume()
         while self.position.stage < len(self.plan.stages):
+            stage = self.plan.stages[self.position.stage]
+            if stage in self.fitted:
+                self.fit(stage)
+                continue
             if self.optimizer is None:
-                self.model.set_stage(self.plan.stages[self.position.stage])
+                self.model.set_stage(stage)
                 self.optimizer = make_optimizer(self.model, self.config.train)
             if not self.run_stage():
                 return False
             self.position = Position(stage=self.position.stage + 1, seconds=self.position.seconds)
             self.optimizer = None
         return True
+
+    def fit(self, stage: str) -> None:
+        """A fitted stage: the model fits itself on the training set; then the run moves to the
+        next stage and checkpoints, so that a resumed run does not fit it again."""
+        self.model.set_stage(stage)
+        self.model.eval()
+        started = time.perf_counter()
+        transform = TrainTransform((self.config.input.test_size,), self.config.input.max_size, 0.0)
+        context = FitContext(
+            self.dataset,
+            transform,
+            self.pixel_stats,
+            self.config.input.size_divisible,
+            self.run_dir,
+            self.config.train.workers,
+        )
+        self.model.fit_stage(stage, context)
+        seconds = self.position.seconds + time.perf_counter() - started
+        self.position = Position(stage=self.position.stage + 1, seconds=seconds)
+        self.optimizer = None
+        self.save()
+        self.log({"stage": stage, "epoch": 0, "step": 0, "fitted": 1.0})
 
     def run_stage(self) -> bool:
         while self.position.epoch < self.plan.epochs[self.position.stage]:
@@ -219,14 +279,14 @@ class Trainer:
 
     def save(self) -> None:
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
-        state = self.optimizer.state_dict()
+        state = self.optimizer.state_dict() if self.optimizer else {"state": {}, "param_groups": []}
         for index, values in state["state"].items():
             tensors.update({f"optimizer.{index}.{key}": value for key, value in values.items()})
         tensors["rng.torch"] = torch.get_rng_state()  # the target layers sample with it
         groups = [{k: v for k, v in g.items() if k != "params"} for g in state["param_groups"]]
         meta = {
             "position": asdict(self.position),
-            "stage": self.plan.stages[self.position.stage],
+            "stage": self.plan.stages[min(self.position.stage, len(self.plan.stages) - 1)],
             "param_groups": groups,
         }
         checkpoint.save(self.run_dir / CHECKPOINT, tensors, meta)
@@ -237,6 +297,9 @@ class Trainer:
         self.position = Position(**meta["position"])
         self.model.set_stage(meta["stage"])
         checkpoint.load_model(self.run_dir / CHECKPOINT, self.model)
+        torch.set_rng_state(tensors["rng.torch"])
+        if not meta["param_groups"]:  # saved after a fitted stage: the next stage starts afresh
+            return
         self.optimizer = make_optimizer(self.model, self.config.train)
         per_param: dict[int, dict[str, torch.Tensor]] = {}
         for name, value in tensors.items():
@@ -249,4 +312,3 @@ class Trainer:
             for saved, now in zip(meta["param_groups"], current, strict=True)
         ]
         self.optimizer.load_state_dict({"state": per_param, "param_groups": groups})
-        torch.set_rng_state(tensors["rng.torch"])

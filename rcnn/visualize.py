@@ -135,6 +135,9 @@ def _dashed_rectangle(
             draw.line([start, end], fill=color, width=width)
 
 
+NOT_LOSSES = {"stage", "epoch", "step", "seconds", "map50", "fitted"}  # log.jsonl's other keys
+
+
 def plot_losses(log_path: str | Path, png_path: str | Path) -> None:
     """Training curves from a run's log.jsonl: each loss term (and mAP50 when evaluated) against
     the training step, one panel per stage; nothing is written when the log is empty."""
@@ -149,7 +152,9 @@ def plot_losses(log_path: str | Path, png_path: str | Path) -> None:
     for column, stage in enumerate(stages, start=1):
         axes = figure.add_subplot(1, len(stages), column)
         rows = [r for r in records if r["stage"] == stage]
-        keys = sorted({k for r in rows for k in r} - {"stage", "epoch", "step", "seconds", "map50"})
+        keys = sorted(
+            {k for r in rows for k in r} - {"stage", "epoch", "step", "seconds", "map50", "fitted"}
+        )
         for key in keys:
             points = [(r["step"], r[key]) for r in rows if key in r]
             axes.plot(*zip(*points, strict=True), label=key, linewidth=1)

@@ -17,14 +17,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import as_completed
 from dataclasses import asdict
 from pathlib import Path
-from typing import IO, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -33,9 +32,14 @@ from tqdm import tqdm
 
 from rcnn.classic.pool import process_pool
 from rcnn.classic.selective_search import SelectiveSearchConfig, selective_search
+from rcnn.files import atomic_write
 
 # Bump when selective search's output for the same settings changes, to retire old caches.
 CACHE_VERSION = 1
+# Where the commands keep proposals, shared by every run on the same images.
+DEFAULT_CACHE_DIR = (
+    Path(os.environ.get("RCNN_CACHE", Path.home() / ".cache" / "rcnn")) / "proposals"
+)
 
 
 class ImageDataset(Protocol):
@@ -102,7 +106,7 @@ def _cache_directory(
     directory.mkdir(parents=True, exist_ok=True)
     if not (directory / "settings.json").exists():
         text = json.dumps({**settings, "images": len(ids)}, indent=1).encode()
-        _write_atomically(directory / "settings.json", lambda file: file.write(text))
+        atomic_write(directory / "settings.json", lambda file: file.write(text))
     return directory
 
 
@@ -123,24 +127,10 @@ def _read_cache(directory: Path, ids: list[str]) -> dict[int, tuple[np.ndarray, 
 
 
 def _save(path: Path, boxes: np.ndarray, seconds: float, image_id: str) -> None:
-    _write_atomically(
+    atomic_write(
         path,
         lambda file: np.savez_compressed(file, boxes=boxes, seconds=seconds, image_id=image_id),
     )
-
-
-def _write_atomically(path: Path, write: Callable[[IO[bytes]], object]) -> None:
-    """Write ``path`` through a temporary file in its folder, renamed over it when whole."""
-    with tempfile.NamedTemporaryFile(
-        dir=path.parent, prefix=f".{path.name}.", delete=False
-    ) as file:
-        try:
-            write(file)
-        except BaseException:
-            file.close()
-            os.unlink(file.name)
-            raise
-    os.replace(file.name, path)
 
 
 def _compute(

@@ -17,7 +17,7 @@ import math
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -210,3 +210,37 @@ def make_annotation(boxes: list, labels: list[int], difficult: list[bool]) -> An
 
 def _fmt(box: Sequence[float]) -> str:
     return "[" + ", ".join(f"{v:g}" for v in box) + "]"
+
+
+class WithProposals(DetectionDataset):
+    """``dataset`` whose Samples also carry region proposals computed outside the network
+    (R-CNN, SPPNet and Fast R-CNN take selective search's): ``proposals[i]`` is image i's
+    ``(P_i, 4)`` boxes in its original pixels. Everything else is ``dataset``'s."""
+
+    def __init__(self, dataset: DetectionDataset, proposals: Sequence[Tensor]):
+        if len(proposals) != len(dataset):
+            raise ValueError(f"{len(proposals)} proposal sets for {len(dataset)} images")
+        super().__init__(dataset.split, dataset.class_names, dataset.on_bad_sample)
+        self.dataset, self.proposals = dataset, proposals
+        self.skipped = dataset.skipped
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def image_id(self, i: int) -> str:
+        return self.dataset.image_id(i)
+
+    def image_path(self, i: int) -> str:
+        return self.dataset.image_path(i)
+
+    def image_size(self, i: int) -> tuple[int, int]:
+        return self.dataset.image_size(i)
+
+    def annotation(self, i: int) -> Annotation:
+        return self.dataset.annotation(i)
+
+    def load_image(self, i: int) -> Tensor:
+        return self.dataset.load_image(i)
+
+    def __getitem__(self, i: int) -> Sample:
+        return replace(self.dataset[i], proposals=self.proposals[i])

@@ -28,12 +28,9 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from rcnn.box_coder import BoxCoder
-from rcnn.boxes import to_rois
 from rcnn.heads import FastRCNNHead, RoIOp
-from rcnn.losses import fast_rcnn_loss
-from rcnn.postprocess import DetectionConfig, select_detections
-from rcnn.proposal_targets import ProposalTargetConfig, proposal_targets
+from rcnn.postprocess import DetectionConfig
+from rcnn.proposal_targets import ProposalTargetConfig
 from rcnn.rpn import RegionProposalNetwork, RPNConfig
 from rcnn.structures import Detections, ImageBatch
 
@@ -81,7 +78,6 @@ class FasterRCNN(nn.Module):
             1.0 / backbone.stride,
             roi_op,
         )
-        self.coder = BoxCoder.fast_rcnn()
         self.pixel_stats = (tuple(backbone.pixel_mean), tuple(backbone.pixel_std))
         self.frozen = {name for name, p in self.named_parameters() if not p.requires_grad}
         self.proposal_trunk: nn.Module | None = None  # alternating training, step 2 only
@@ -92,12 +88,12 @@ class FasterRCNN(nn.Module):
         self.stage = self.stages[0]
 
     def forward(self, batch: ImageBatch) -> dict[str, Tensor] | list[Detections]:
-        """Training: the losses of the current stage. Evaluation: one Detections per image, in
-        the batch's (resized) pixels."""
+        """Training: the losses of the current stage. Evaluation (steps 1, 2, 4, 5): one
+        Detections per image, in the batch's (resized) pixels."""
         features = self.trunk(batch.images)  # 1. the shared feature map
         if not self.training:
             proposals, _ = self.rpn(features, batch.image_sizes, batch.scales)  # 2.
-            return self.detect(features, proposals, batch.image_sizes)  # 4-5.
+            return self.head.detect(features, proposals, batch.image_sizes, self.config.detection)
         gt_boxes, gt_labels = batch.training_targets()
         parts = STAGE_PARTS[self.stage]
         proposals, losses = self.rpn(
@@ -107,8 +103,9 @@ class FasterRCNN(nn.Module):
             gt_boxes if "rpn" in parts else None,
             keep_gradient=self.joint_gradient,
         )
-        if "head" in parts:
-            losses.update(self.detector_loss(features, proposals, gt_boxes, gt_labels))  # 3-4.
+        if "head" in parts:  # 3-4.
+            roi_config = self.config.roi_targets
+            losses.update(self.head.loss(features, proposals, gt_boxes, gt_labels, roi_config))
         return losses
 
     def proposal_features(self, batch: ImageBatch, features: Tensor) -> Tensor:
@@ -118,44 +115,6 @@ class FasterRCNN(nn.Module):
             return features
         with torch.no_grad():
             return self.proposal_trunk(batch.images)
-
-    def detector_loss(
-        self,
-        features: Tensor,
-        proposals: list[Tensor],
-        gt_boxes: list[Tensor],
-        gt_labels: list[Tensor],
-    ) -> dict[str, Tensor]:
-        """Sample RoIs per image (proposal target layer) and score the head on them."""
-        sampled = [
-            proposal_targets(p, b, l, self.config.roi_targets, self.coder)
-            for p, b, l in zip(proposals, gt_boxes, gt_labels, strict=True)
-        ]
-        # gather from the proposals themselves so that their gradient (if any) reaches the RPN
-        boxes = [
-            torch.cat((p, b.to(p.dtype)))[s.indices]
-            for p, b, s in zip(proposals, gt_boxes, sampled, strict=True)
-        ]
-        logits, deltas = self.head(features, to_rois(boxes))
-        labels = torch.cat([s.labels for s in sampled])
-        targets = torch.cat([s.targets for s in sampled])
-        return fast_rcnn_loss(logits, deltas, labels, targets)
-
-    def detect(
-        self, features: Tensor, proposals: list[Tensor], image_sizes: list[tuple[int, int]]
-    ) -> list[Detections]:
-        """Score and refine every proposal, then per-class NMS, image by image."""
-        logits, deltas = self.head(features, to_rois(proposals))
-        probabilities = torch.softmax(logits, dim=1)  # (R, K+1)
-        rois = torch.cat(proposals)
-        boxes = self.coder.decode(deltas, rois).reshape(rois.shape[0], -1, 4)  # (R, K+1, 4)
-        counts = [p.shape[0] for p in proposals]
-        return [
-            select_detections(b[:, 1:], s[:, 1:], size, self.config.detection)  # background dropped
-            for b, s, size in zip(
-                boxes.split(counts), probabilities.split(counts), image_sizes, strict=True
-            )
-        ]
 
     def set_stage(self, stage: str) -> None:
         """Enter a training stage: what trains, and where proposals come from (step 2)."""
