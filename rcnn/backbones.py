@@ -510,7 +510,13 @@ def _hits(layout: tuple[str, dict[str, str]], tensors: dict[str, Tensor]) -> int
     return sum(file_key in tensors for file_key in layout[1].values())
 
 
-def _check_fits(path, name, ours, mapping, tensors) -> None:
+def _check_fits(
+    path: str,
+    name: str,
+    ours: dict[str, Tensor],
+    mapping: dict[str, str],
+    tensors: dict[str, Tensor],
+) -> None:
     """Raise ``RcnnError`` unless every required key is in the file with our shape."""
     required = {k: v for k, v in mapping.items() if not k.endswith(_OPTIONAL_SUFFIX)}
     missing = [file_key for file_key in required.values() if file_key not in tensors]
