@@ -8,7 +8,6 @@ or, for a run that has not finished, ``checkpoint.safetensors``.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -71,7 +70,7 @@ class Detector:
     def load(cls, run_dir: str | Path, device: str | torch.device = "cpu") -> Detector:
         run_dir = Path(run_dir)
         config, class_names = read_run_config(run_dir)
-        model = build_model(dataclasses.replace(config, pretrained=None), len(class_names))
+        model = build_model(config, len(class_names), load_pretrained=False)
         weights = run_dir / WEIGHTS if (run_dir / WEIGHTS).is_file() else run_dir / CHECKPOINT
         checkpoint.load_model(weights, model)
         return cls(model.to(device), config, class_names, model.pixel_stats)

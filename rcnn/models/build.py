@@ -55,6 +55,13 @@ def preset(model: ModelName, backbone: str) -> RunConfig:
     return dataclasses.replace(
         config,
         input=InputConfig(min_sizes=(320,), max_size=512, test_size=320),
+        train=TrainConfig(
+            epochs=20,
+            images_per_batch=4,
+            learning_rate=0.02,
+            warmup_iterations=100,
+            lr_steps=(0.75, 0.92),
+        ),
         faster_rcnn=dataclasses.replace(
             config.faster_rcnn,
             rpn=RPNConfig(
@@ -67,9 +74,12 @@ def preset(model: ModelName, backbone: str) -> RunConfig:
     )
 
 
-def build_model(config: RunConfig, num_classes: int) -> nn.Module:
-    """The model ``config.model`` names, on its backbone (with pretrained weights if given)."""
-    backbone = build_backbone(config.backbone, config.pretrained)
+def build_model(config: RunConfig, num_classes: int, load_pretrained: bool = True) -> nn.Module:
+    """The model ``config.model`` names, on its backbone: loaded from ``config.pretrained`` if
+    given and ``load_pretrained``; else only built with the same structure (a fine-tuned
+    backbone's frozen layers), for weights that a checkpoint will fill."""
+    pretrained = config.pretrained if load_pretrained else None
+    backbone = build_backbone(config.backbone, pretrained, frozen=config.pretrained is not None)
     if config.model == "faster-rcnn":
         return FasterRCNN(backbone, num_classes, config.faster_rcnn)
     raise NotImplementedError(f"model {config.model!r} is not built yet")
