@@ -42,6 +42,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     train.add_argument("--resume", action="store_true")
 
+    pretrain = commands.add_parser(
+        "pretrain", help="pre-train a backbone as a classifier of warped regions (R-CNN 2.3)"
+    )
+    pretrain.add_argument("--backbone", default="small")
+    pretrain.add_argument(
+        "--data", required=True, help="shapes | voc:DIR | coco:ANN.json[:IMAGE_DIR]"
+    )
+    pretrain.add_argument(
+        "--out", required=True, metavar="FILE", help="weights file (.safetensors)"
+    )
+    pretrain.add_argument("--epochs", type=int, default=None)
+    pretrain.add_argument("--time-budget", type=float, default=None, metavar="MINUTES")
+
     evaluate = commands.add_parser("eval", help="evaluate a run; writes RUN/metrics.json")
     evaluate.add_argument("run")
     evaluate.add_argument("--data", required=True)
@@ -139,19 +152,20 @@ def _not_yet(what: str, issue: int):
 
 
 def _bench(args: argparse.Namespace) -> int:
-    if args.what == "models":
-        print("rcnn bench models: model timings are not there yet", file=sys.stderr)
-        return 2
     import torch
 
     from rcnn.bench import print_table
-    from rcnn.bench.ops import bench_ops
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    print_table("rcnn bench ops", bench_ops())
-    if args.what == "all":
-        print("rcnn bench all: model timings are not there yet; ran the ops", file=sys.stderr)
+    if args.what in ("ops", "all"):
+        from rcnn.bench.ops import bench_ops
+
+        print_table("rcnn bench ops", bench_ops())
+    if args.what in ("models", "all"):
+        from rcnn.bench.models import bench_models
+
+        print_table("rcnn bench models", bench_models())
     return 0
 
 
@@ -173,6 +187,7 @@ HANDLERS = {
     "demo": _demo,
     "data": _data,
     "train": _train,
+    "pretrain": _pretrain,
     "eval": _eval,
     "detect": _detect,
     "proposals": _proposals,

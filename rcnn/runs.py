@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 from rcnn import checkpoint
+from rcnn.backbones import build_backbone
 from rcnn.config import load_file, merge, parse_overrides
 from rcnn.data.dataset import DetectionDataset
 from rcnn.data.images import decode_image
@@ -22,6 +23,7 @@ from rcnn.errors import RcnnError
 from rcnn.evaluation.report import evaluate_detections, format_table, plot_pr_curves, write_metrics
 from rcnn.inference import detect_dataset
 from rcnn.models.build import RunConfig, build_model, preset
+from rcnn.pretrain import PretrainConfig, pretrain_backbone, save_backbone
 from rcnn.train import CHECKPOINT, Trainer
 from rcnn.visualize import draw_detections, plot_losses
 
@@ -71,6 +73,26 @@ def prepare_run_dir(run_dir: Path, resume: bool) -> None:
         raise RcnnError(f"{run_dir}: cannot write the run directory ({error.strerror})") from error
     if shutil.disk_usage(run_dir).free < MIN_FREE_BYTES:
         raise RcnnError(f"{run_dir}: less than 1 GiB of free disk; checkpoints would not fit")
+
+
+def pretrain_command(
+    backbone_name: str, data: str, out: Path, epochs: int | None, time_budget: float | None
+) -> None:
+    """``rcnn pretrain``: a backbone pre-trained on a data set's warped objects, in ``out``."""
+    if out.suffix != ".safetensors":
+        raise RcnnError(f"{out}: the weights file must end in .safetensors")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RcnnError(f"{out.parent}: cannot create the directory ({error.strerror})") from error
+    dataset = open_dataset(data, "train")
+    backbone = build_backbone(backbone_name)
+    config = PretrainConfig() if epochs is None else PretrainConfig(epochs=epochs)
+    log = pretrain_backbone(backbone, dataset, config, time_budget)
+    save_backbone(backbone, out, {"backbone": backbone_name, "data": data, "log": log})
+    last = log[-1] if log else {"epoch": 0, "accuracy": float("nan"), "seconds": 0.0}
+    accuracy = last["accuracy"]
+    print(f"{out}: {backbone_name} after {last['epoch']} epochs, region accuracy {accuracy:.3f}")
 
 
 def train_run(
