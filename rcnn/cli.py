@@ -121,6 +121,13 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pretrain(args: argparse.Namespace) -> int:
+    from rcnn.runs import pretrain_command
+
+    pretrain_command(args.backbone, args.data, Path(args.out), args.epochs, args.time_budget)
+    return 0
+
+
 def _eval(args: argparse.Namespace) -> int:
     from rcnn.runs import evaluate_run
 
