@@ -34,6 +34,9 @@ class TrainConfig:
     seed: int = 0
     eval_every: int = 0  # epochs between evaluations on the test split; 0 = only at the end
     checkpoint_every: int = 200  # iterations between checkpoints, besides each epoch's end
+    amp: bool = False  # mixed precision: float16 + GradScaler on CUDA, bfloat16 on the CPU
+    channels_last: bool = False  # NHWC images and weights for the convolutions
+    compile: bool = False  # torch.compile the trunk (the first steps take longer)
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:

@@ -14,6 +14,7 @@ the stage, epoch and step named.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -25,13 +26,14 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from rcnn import checkpoint
+from rcnn import checkpoint, distributed
 from rcnn.data.dataset import DetectionDataset
 from rcnn.data.loader import make_loader
 from rcnn.data.transforms import TrainTransform, make_batch
+from rcnn.distributed import World
 from rcnn.errors import RcnnError
 from rcnn.models.build import RunConfig
-from rcnn.optim import learning_rate_factor, make_optimizer, set_learning_rate
+from rcnn.optim import TrainConfig, learning_rate_factor, make_optimizer, set_learning_rate
 from rcnn.structures import ImageBatch
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -128,8 +130,13 @@ class Trainer:
         pixel_stats: tuple[tuple[float, ...], tuple[float, ...]],
         evaluate: Callable[[nn.Module], float] | None = None,
         time_budget: float | None = None,
+        world: World | None = None,
     ):
-        self.model, self.dataset, self.config, self.run_dir = model, dataset, config, Path(run_dir)
+        world = world or World()  # one process unless torchrun started several
+        self.world, self.device = world, world.device()
+        self.model = prepare_model(model, config.train, world)
+        self.network = self.model  # what the steps call: DistributedDataParallel around it
+        self.dataset, self.config, self.run_dir = dataset, config, Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.pixel_stats = pixel_stats
         self.evaluate = evaluate
@@ -140,14 +147,19 @@ class Trainer:
         )
         self.loader = make_loader(
             dataset,
-            config.train.images_per_batch,
+            per_rank_batch(config.train.images_per_batch, world),
             transform,
             True,
             config.train.seed,
             config.train.workers,
+            (world.rank, world.size),
         )
         self.position = Position()
         self.optimizer: torch.optim.Optimizer | None = None
+        amp = config.train.amp and self.device.type == "cuda"  # bfloat16 needs no scaling
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp)
+        if world.is_distributed:  # the target layers' sampling: a stream of its own per rank
+            torch.manual_seed(torch.initial_seed() + world.rank)
 
     def run(self, resume: bool = False) -> bool:
         """Train to the end of the plan; True if finished, False if the time budget stopped it."""
@@ -161,6 +173,7 @@ class Trainer:
             if self.optimizer is None:
                 self.model.set_stage(stage)
                 self.optimizer = make_optimizer(self.model, self.config.train)
+                self.network = distributed.wrap(self.model, self.world)
             if not self.run_stage():
                 return False
             self.position = Position(stage=self.position.stage + 1, seconds=self.position.seconds)
@@ -212,13 +225,14 @@ class Trainer:
             desc=f"{stage} epoch {p.epoch + 1}/{plan.epochs[p.stage]}",
             dynamic_ncols=True,
             leave=False,
+            disable=not self.world.is_main,
         )
         running: dict[str, float] = {}
         self.model.train()
         for samples in self.loader:
             started = time.perf_counter()
             losses = self.step(samples) if samples else {}
-            elapsed = time.perf_counter() - started
+            elapsed = distributed.maximum(time.perf_counter() - started, self.world)
             p.batch, p.step = p.batch + 1, p.step + 1
             p.stage_seconds, p.seconds = p.stage_seconds + elapsed, p.seconds + elapsed
             running = {k: 0.9 * running.get(k, v) + 0.1 * v for k, v in losses.items()}
@@ -239,16 +253,19 @@ class Trainer:
 
     def step(self, samples) -> dict[str, float]:
         """One SGD iteration on a list of Samples; the losses as floats."""
-        mean, std = self.pixel_stats
-        batch = make_batch(samples, mean, std, self.config.input.size_divisible)
+        batch = self.batch(samples)
         factor = learning_rate_factor(
             self.config.train, self.position.step, self.plan.progress(self.position)
         )
         set_learning_rate(self.optimizer, factor)
-        losses = self.model(batch)
-        total = sum(losses.values())
-        if not torch.isfinite(total):
-            values = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+        with self.autocast():
+            losses = self.network(batch)
+        total = sum(loss.float() for loss in losses.values())
+        # the ranks' mean: the logged losses, and one verdict on divergence for all ranks
+        stacked = torch.stack([loss.detach().float() for loss in losses.values()])
+        means = dict(zip(losses, distributed.mean(stacked, self.world).tolist(), strict=True))
+        if not math.isfinite(sum(means.values())):
+            values = ", ".join(f"{k}={v:.4g}" for k, v in means.items())
             p = self.position
             raise RcnnError(
                 f"training diverged in stage {self.plan.stages[p.stage]}, epoch {p.epoch + 1}, "
@@ -256,9 +273,25 @@ class Trainer:
                 f"checkpoint is {self.run_dir / CHECKPOINT} (try a lower train.learning_rate)"
             )
         self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        self.optimizer.step()
-        return {k: v.item() for k, v in losses.items()}
+        self.scaler.scale(total).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return means
+
+    def batch(self, samples) -> ImageBatch:
+        """Samples -> an ImageBatch on the training device (channels-last images if asked)."""
+        mean, std = self.pixel_stats
+        batch = make_batch(samples, mean, std, self.config.input.size_divisible).to(self.device)
+        if not self.config.train.channels_last:
+            return batch
+        images = batch.images.contiguous(memory_format=torch.channels_last)
+        return dataclasses.replace(batch, images=images)
+
+    def autocast(self) -> torch.autocast:
+        """Mixed precision when train.amp: float16 on CUDA (with the GradScaler), bfloat16 on
+        the CPU (float32's exponent range, so nothing to scale)."""
+        dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        return torch.autocast(self.device.type, dtype, enabled=self.config.train.amp)
 
     def maybe_evaluate(self) -> None:
         every = self.config.train.eval_every
@@ -273,21 +306,30 @@ class Trainer:
         )
 
     def log(self, record: dict) -> None:
+        if not self.world.is_main:
+            return
         record = {**record, "seconds": round(self.position.seconds, 2)}
         with open(self.run_dir / LOG, "a") as file:
             file.write(json.dumps(record) + "\n")
 
     def save(self) -> None:
+        """The checkpoint, written by rank 0, with every rank's random state."""
+        states = distributed.gather(torch.get_rng_state(), self.world)
+        if not self.world.is_main:
+            return
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         state = self.optimizer.state_dict() if self.optimizer else {"state": {}, "param_groups": []}
         for index, values in state["state"].items():
             tensors.update({f"optimizer.{index}.{key}": value for key, value in values.items()})
-        tensors["rng.torch"] = torch.get_rng_state()  # the target layers sample with it
+        # the target layers sample with the torch generator: rank 0's, then the others'
+        tensors["rng.torch"] = states[0]
+        tensors.update({f"rng.torch.{rank}": s for rank, s in enumerate(states) if rank})
         groups = [{k: v for k, v in g.items() if k != "params"} for g in state["param_groups"]]
         meta = {
             "position": asdict(self.position),
             "stage": self.plan.stages[min(self.position.stage, len(self.plan.stages) - 1)],
             "param_groups": groups,
+            "scaler": self.scaler.state_dict(),
         }
         checkpoint.save(self.run_dir / CHECKPOINT, tensors, meta)
 
@@ -297,10 +339,13 @@ class Trainer:
         self.position = Position(**meta["position"])
         self.model.set_stage(meta["stage"])
         checkpoint.load_model(self.run_dir / CHECKPOINT, self.model)
-        torch.set_rng_state(tensors["rng.torch"])
+        torch.set_rng_state(tensors.get(f"rng.torch.{self.world.rank}", tensors["rng.torch"]))
+        if meta.get("scaler"):
+            self.scaler.load_state_dict(meta["scaler"])
         if not meta["param_groups"]:  # saved after a fitted stage: the next stage starts afresh
             return
         self.optimizer = make_optimizer(self.model, self.config.train)
+        self.network = distributed.wrap(self.model, self.world)
         per_param: dict[int, dict[str, torch.Tensor]] = {}
         for name, value in tensors.items():
             if name.startswith("optimizer."):
@@ -312,3 +357,26 @@ class Trainer:
             for saved, now in zip(meta["param_groups"], current, strict=True)
         ]
         self.optimizer.load_state_dict({"state": per_param, "param_groups": groups})
+
+
+def prepare_model(model: nn.Module, config: TrainConfig, world: World) -> nn.Module:
+    """The model on this rank's device, BatchNorm synchronised across GPUs, in channels-last
+    layout (``train.channels_last``: faster convolutions on recent GPUs and CPUs) and with its
+    trunk compiled (``train.compile``: torch.compile, in place, so the weights keep their
+    names)."""
+    model = distributed.sync_batch_norm(model, world).to(world.device())
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if config.compile:
+        model.trunk.compile()
+    return model
+
+
+def per_rank_batch(images_per_batch: int, world: World) -> int:
+    """Each rank's share of a step's ``train.images_per_batch`` images."""
+    if images_per_batch % world.size:
+        raise RcnnError(
+            f"train.images_per_batch ({images_per_batch}) must be a multiple of the number of "
+            f"processes ({world.size}): each takes an equal share of every batch"
+        )
+    return images_per_batch // world.size

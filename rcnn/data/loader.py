@@ -34,10 +34,20 @@ class EpochSampler(Sampler):
     shuffle: a fresh permutation of ``range(size)`` each epoch (else the plain order).
     ``set_epoch(e, start=p)`` selects epoch ``e`` and skips its first ``p`` samples: resuming
     after ``p`` samples gives exactly the rest of the order an unbroken run would have seen.
+
+    Sharded over ``num_shards`` processes (distributed training), shard ``shard`` gets every
+    ``num_shards``-th key of the order from ``start`` on, starting at its own number; the
+    order is first extended by its own beginning to a multiple of ``num_shards`` so that all
+    shards have as many keys (and batches). ``start`` counts keys of the whole order.
     """
 
-    def __init__(self, size: int, seed: int = 0, shuffle: bool = True):
+    def __init__(
+        self, size: int, seed: int = 0, shuffle: bool = True, shard: int = 0, num_shards: int = 1
+    ):
+        if not 0 <= shard < num_shards:
+            raise ValueError(f"shard must be in [0, {num_shards}), got {shard}")
         self.size, self.seed, self.shuffle = size, seed, shuffle
+        self.shard, self.num_shards = shard, num_shards
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
@@ -52,12 +62,23 @@ class EpochSampler(Sampler):
         generator = torch.Generator().manual_seed(_mix(self.seed, epoch))
         return torch.randperm(self.size, generator=generator).tolist()
 
+    def shard_order(self, epoch: int) -> list[int]:
+        """This shard's indices of ``epoch`` after ``start``: all of them in one process."""
+        order = self.order(epoch)
+        if self.num_shards == 1 or self.start >= self.size:
+            return order[self.start :]
+        padded = -(-self.size // self.num_shards) * self.num_shards  # a multiple of num_shards
+        order = [order[i % self.size] for i in range(padded)]
+        return order[self.start + self.shard :: self.num_shards]
+
     def __iter__(self) -> Iterator[tuple[int, int]]:
         epoch = self.epoch
-        return iter([(epoch, index) for index in self.order(epoch)[self.start :]])
+        return iter([(epoch, index) for index in self.shard_order(epoch)])
 
     def __len__(self) -> int:
-        return self.size - self.start
+        if self.num_shards == 1:
+            return self.size - self.start
+        return len(self.shard_order(self.epoch))
 
 
 class TransformedDataset(Dataset):
@@ -110,14 +131,16 @@ def make_loader(
     shuffle: bool = True,
     seed: int = 0,
     num_workers: int = 0,
+    shard: tuple[int, int] = (0, 1),
 ) -> DataLoader:
     """A DataLoader of lists of Samples over ``dataset`` with an ``EpochSampler``
-    (``loader.sampler``). Workers stay alive between epochs and load ahead while the model
-    works; the last, smaller batch of an epoch is kept."""
+    (``loader.sampler``) over shard ``shard = (number, of)``, all of it by default. Workers
+    stay alive between epochs and load ahead while the model works; the last, smaller batch
+    of an epoch is kept."""
     return DataLoader(
         TransformedDataset(dataset, transform, seed),
         batch_size=batch_size,
-        sampler=EpochSampler(len(dataset), seed, shuffle),
+        sampler=EpochSampler(len(dataset), seed, shuffle, *shard),
         collate_fn=collate_samples,
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
