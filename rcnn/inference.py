@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tqdm import tqdm
 
+from rcnn import distributed
 from rcnn.classic.proposal_cache import DEFAULT_CACHE_DIR, proposals_for
 from rcnn.data.dataset import DetectionDataset, WithProposals
 from rcnn.data.loader import make_loader
@@ -27,10 +28,15 @@ class DatasetDetections:
 
 
 def detect_dataset(
-    detector: Detector, dataset: DetectionDataset, workers: int = 2, progress: bool = True
+    detector: Detector,
+    dataset: DetectionDataset,
+    workers: int = 2,
+    progress: bool = True,
+    shard: tuple[int, int] = (0, 1),
 ) -> DatasetDetections:
-    """Run ``detector`` over every image of ``dataset`` that loads. The models that take
-    proposals from outside get selective search's, computed once and cached."""
+    """Run ``detector`` over every image of ``dataset`` that loads, or over shard
+    ``(number, of)`` of them (every ``of``-th image; the bar shows on shard 0). The models that
+    take proposals from outside get selective search's, computed once and cached."""
     proposal_seconds = proposal_count = 0.0
     if detector.proposal_mode is not None:
         proposals = proposals_for(
@@ -39,11 +45,11 @@ def detect_dataset(
         proposal_seconds = sum(proposals.seconds) / max(1, len(proposals))
         proposal_count = sum(len(p) for p in proposals) / max(1, len(proposals))
         dataset = WithProposals(dataset, proposals)
-    loader = make_loader(dataset, 1, detector.transform, shuffle=False, num_workers=workers)
+    loader = make_loader(dataset, 1, detector.transform, False, 0, workers, shard)
     results: dict[int, Detections] = {}
     seconds = 0.0
     for samples in tqdm(
-        loader, desc="detect", disable=not progress, leave=False, dynamic_ncols=True
+        loader, desc="detect", disable=not progress or shard[0] > 0, leave=False, dynamic_ncols=True
     ):
         if not samples:
             continue
@@ -54,3 +60,32 @@ def detect_dataset(
     return DatasetDetections(
         results, seconds / max(1, len(results)), proposal_seconds, proposal_count
     )
+
+
+def gather_detections(
+    found: DatasetDetections, world: distributed.World
+) -> DatasetDetections | None:
+    """The ranks' shards of detections together on rank 0, timings averaged over all their
+    images; None on the other ranks. ``found`` itself in one process."""
+    if not world.is_distributed:
+        return found
+    on_cpu = {
+        i: Detections(d.boxes.cpu(), d.scores.cpu(), d.labels.cpu())
+        for i, d in found.detections.items()
+    }
+    shards = distributed.gather(replace(found, detections=on_cpu), world)
+    if not world.is_main:
+        return None
+    weights = [len(shard.detections) for shard in shards]
+    timings = [
+        sum(w * value for w, value in zip(weights, values, strict=True)) / max(1, sum(weights))
+        for values in zip(
+            *(
+                (s.seconds_per_image, s.proposal_seconds_per_image, s.proposals_per_image)
+                for s in shards
+            ),
+            strict=True,
+        )
+    ]
+    detections = {i: d for shard in shards for i, d in shard.detections.items()}
+    return DatasetDetections(detections, *timings)

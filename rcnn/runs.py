@@ -12,7 +12,7 @@ import json
 import shutil
 from pathlib import Path
 
-from rcnn import checkpoint
+from rcnn import checkpoint, distributed
 from rcnn.backbones import build_backbone
 from rcnn.config import load_file, merge, parse_overrides
 from rcnn.data.dataset import DetectionDataset
@@ -21,7 +21,7 @@ from rcnn.data.spec import open_dataset
 from rcnn.detector import CONFIG, WEIGHTS, Detector, read_run_config, write_run_config
 from rcnn.errors import RcnnError
 from rcnn.evaluation.report import evaluate_detections, format_table, plot_pr_curves, write_metrics
-from rcnn.inference import detect_dataset
+from rcnn.inference import detect_dataset, gather_detections
 from rcnn.models.build import RunConfig, build_model, preset
 from rcnn.pretrain import PretrainConfig, pretrain_backbone, save_backbone
 from rcnn.train import CHECKPOINT, Trainer
@@ -103,20 +103,29 @@ def train_run(
     time_budget: float | None = None,
 ) -> dict | None:
     """Train (or resume) a run, save its final weights and loss curve, evaluate it on the
-    test split when the data set has one; returns the metrics (None without a test split)."""
-    prepare_run_dir(run_dir, resume)
+    test split when the data set has one; returns the metrics (None without a test split).
+    Started by torchrun, every process trains a share of each batch; rank 0 writes the files
+    and returns the metrics (the others None)."""
+    world = distributed.setup()
+    if world.is_main:
+        prepare_run_dir(run_dir, resume)
+    distributed.barrier(world)
     if resume:
         config, _ = read_run_config(run_dir)
     dataset = open_dataset(data, "train")
-    if not resume:
+    if not resume and world.is_main:
         write_run_config(run_dir, config, dataset.class_names, data)
     model = build_model(config, len(dataset.class_names))
-    trainer = Trainer(model, dataset, config, run_dir, model.pixel_stats, time_budget=time_budget)
+    trainer = Trainer(
+        model, dataset, config, run_dir, model.pixel_stats, time_budget=time_budget, world=world
+    )
     finished = trainer.run(resume)
-    checkpoint.save_model(run_dir / WEIGHTS, model, {"finished": finished})
-    plot_losses(run_dir / "log.jsonl", run_dir / "loss.png")
+    if world.is_main:
+        checkpoint.save_model(run_dir / WEIGHTS, trainer.model, {"finished": finished})
+        plot_losses(run_dir / "log.jsonl", run_dir / "loss.png")
+    distributed.barrier(world)
     test = test_split(data)
-    return evaluate_run(run_dir, data, test) if test else None
+    return evaluate_run(run_dir, data, test, world=world) if test else None
 
 
 def test_split(data: str) -> str | None:
@@ -142,14 +151,27 @@ def open_for_run(data: str, split: str, class_names: list[str]) -> DetectionData
     return dataset
 
 
-def evaluate_run(run_dir: Path, data: str, split: str | None = None, workers: int = 2) -> dict:
-    """Detect over a split, print the table, write metrics.json and pr_curves.png."""
+def evaluate_run(
+    run_dir: Path,
+    data: str,
+    split: str | None = None,
+    workers: int = 2,
+    world: distributed.World | None = None,
+) -> dict | None:
+    """Detect over a split, print the table, write metrics.json and pr_curves.png. Over
+    several processes (torchrun, or ``world``) each detects a shard and rank 0 evaluates them
+    all (the others return None)."""
     split = split or test_split(data)
     if split is None:
         raise RcnnError(f"{data}: no test or val split to evaluate on; name one with --split")
-    detector = Detector.load(run_dir)
+    world = world or distributed.setup()
+    detector = Detector.load(run_dir, world.device())
     dataset = open_for_run(data, split, detector.class_names)
-    found = detect_dataset(detector, dataset, workers)
+    found = gather_detections(
+        detect_dataset(detector, dataset, workers, shard=(world.rank, world.size)), world
+    )
+    if found is None:
+        return None
     indices = sorted(found.detections)
     evaluation = evaluate_detections(
         [found.detections[i] for i in indices],

@@ -16,7 +16,9 @@ from torch import nn
 from rcnn import distributed
 from rcnn.data.loader import EpochSampler
 from rcnn.data.shapes import ShapesDataset
+from rcnn.detector import Detector
 from rcnn.errors import RcnnError
+from rcnn.inference import detect_dataset, gather_detections
 from rcnn.models.build import InputConfig, RunConfig
 from rcnn.models.faster_rcnn import FasterRCNN
 from rcnn.optim import TrainConfig
@@ -114,6 +116,21 @@ def train(model, run_dir, world=None, config=RUN):
     return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
 
 
+def detect_sharded_and_alone(model, world):
+    """Rank 0's gathered detections of 5 test images (each rank detected its share), and
+    what rank 0 alone detects on all of them, as {index: (boxes, scores)} (None on rank 1)."""
+    detector = Detector(model, RUN, [f"class{k}" for k in range(8)], model.pixel_stats)
+    dataset = ShapesDataset("test", size=5)
+    shard = detect_dataset(detector, dataset, 0, False, (world.rank, world.size))
+    gathered = gather_detections(shard, world)
+    if gathered is None:
+        return None, None
+    alone = detect_dataset(detector, dataset, 0, False)
+    return tuple(
+        {i: (d.boxes, d.scores) for i, d in found.detections.items()} for found in (gathered, alone)
+    )
+
+
 def counter():
     """In float64: the comparison with one process is then exact to rounding far below any
     difference a wrong gradient average or a wrong shard would make."""
@@ -140,8 +157,11 @@ def worker(rank: int, port: int, out: str) -> None:
     try:
         counted = train(counter(), f"{out}/counter{rank}", world)
         one_epoch = dataclasses.replace(RUN, train=dataclasses.replace(RUN.train, epochs=1))
-        detector = train(faster_rcnn(), f"{out}/faster{rank}", world, one_epoch)
-        torch.save({"counter": counted, "faster": detector}, f"{out}/rank{rank}.pt")
+        model = faster_rcnn()
+        detector = train(model, f"{out}/faster{rank}", world, one_epoch)
+        gathered, alone = detect_sharded_and_alone(model, world)
+        results = {"counter": counted, "faster": detector, "gathered": gathered, "alone": alone}
+        torch.save(results, f"{out}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -158,6 +178,12 @@ def test_two_processes_train_what_one_process_does_with_the_same_total_batch(tmp
     for kind in ("counter", "faster"):  # DDP keeps the replicas identical, bit for bit
         for name, value in ranks[0][kind].items():
             assert torch.equal(value, ranks[1][kind][name]), (kind, name)
+    # evaluation: each rank detects its share, rank 0 gets them all, as if it had done them
+    gathered, alone = ranks[0]["gathered"], ranks[0]["alone"]
+    assert sorted(gathered) == sorted(alone) == list(range(5))
+    assert sum(len(boxes) for boxes, _ in alone.values()) > 0  # something to compare
+    for index, (boxes, scores) in alone.items():
+        assert torch.equal(gathered[index][0], boxes) and torch.equal(gathered[index][1], scores)
     # only rank 0 writes checkpoints (the ranks were given run directories of their own)
     assert (tmp_path / "faster0" / CHECKPOINT).is_file()
     assert not (tmp_path / "faster1" / CHECKPOINT).exists()
