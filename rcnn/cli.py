@@ -41,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", default=None, help="TOML file of settings")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     train.add_argument("--resume", action="store_true")
+    train.add_argument(
+        "--amp", action="store_true", help="mixed precision (float16 on CUDA, bfloat16 on CPU)"
+    )
+    train.add_argument("--channels-last", action="store_true", help="NHWC memory layout")
+    train.add_argument("--compile", action="store_true", help="torch.compile the trunk")
 
     pretrain = commands.add_parser(
         "pretrain", help="pre-train a backbone as a classifier of warped regions (R-CNN 2.3)"
@@ -116,6 +121,9 @@ def _train(args: argparse.Namespace) -> int:
         args.set,
         epochs=args.epochs,
         pretrained=args.pretrained,
+        amp=args.amp,
+        channels_last=args.channels_last,
+        compile=args.compile,
     )
     train_run(config, args.data, Path(args.out), resume=args.resume, time_budget=args.time_budget)
     return 0

@@ -38,7 +38,7 @@ def resolve_config(
     **settings,
 ) -> RunConfig:
     """The preset for model and backbone, then a config file, then ``--set`` overrides, then
-    the command line's own options (``settings``, e.g. epochs=4, pretrained=PATH)."""
+    the command line's own options (``settings``, e.g. epochs=4, pretrained=PATH, amp=True)."""
     config = preset(model, backbone)
     if config_file:
         config = merge(config, load_file(config_file))
@@ -49,6 +49,9 @@ def resolve_config(
         )
     if settings.get("pretrained") is not None:
         config = dataclasses.replace(config, pretrained=settings["pretrained"])
+    switched_on = {k: True for k in ("amp", "channels_last", "compile") if settings.get(k)}
+    if switched_on:
+        config = dataclasses.replace(config, train=dataclasses.replace(config.train, **switched_on))
     return config
 
 

@@ -18,6 +18,7 @@ import dataclasses
 import json
 import math
 import time
+import types
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -362,13 +363,17 @@ class Trainer:
 def prepare_model(model: nn.Module, config: TrainConfig, world: World) -> nn.Module:
     """The model on this rank's device, BatchNorm synchronised across GPUs, in channels-last
     layout (``train.channels_last``: faster convolutions on recent GPUs and CPUs) and with its
-    trunk compiled (``train.compile``: torch.compile, in place, so the weights keep their
-    names)."""
+    trunk compiled (``train.compile``)."""
     model = distributed.sync_batch_norm(model, world).to(world.device())
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if config.compile:
-        model.trunk.compile()
+        # the trunk's forward function compiled and bound to it: its weights keep their names
+        # (torch.compile(module) would prefix them with _orig_mod.), and a deep copy (alternating
+        # training's proposal trunk) binds it to the copy. nn.Module.compile() would be simpler,
+        # but in torch 2.13 Dynamo skips it (Module._call_impl is in its skip list).
+        trunk = model.trunk
+        trunk.forward = types.MethodType(torch.compile(type(trunk).forward), trunk)
     return model
 
 

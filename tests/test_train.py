@@ -1,14 +1,17 @@
 import dataclasses
+import functools
 
 import pytest
 import torch
 
 from rcnn import checkpoint
+from rcnn.cli import build_parser
 from rcnn.data.shapes import ShapesDataset
 from rcnn.errors import RcnnError
 from rcnn.models.build import InputConfig, RunConfig
 from rcnn.models.faster_rcnn import FasterRCNN
 from rcnn.optim import TrainConfig
+from rcnn.runs import resolve_config
 from rcnn.train import CHECKPOINT, Trainer
 from tests.test_faster_rcnn import CONFIG
 from tests.tiny import tiny_backbone
@@ -106,3 +109,38 @@ def test_stage_shares_must_match_the_stages(tmp_path):
     config = dataclasses.replace(RUN, train=dataclasses.replace(RUN.train, stage_shares=(1.0, 2.0)))
     with pytest.raises(RcnnError, match="stage_shares needs 1 values"):
         make_trainer(tmp_path, config)
+
+
+@pytest.mark.parametrize("flag", ["amp", "channels_last", "compile"])
+def test_a_cpu_run_with_a_speed_flag_on_still_trains(tmp_path, flag, monkeypatch):
+    """--amp is bfloat16 autocast on the CPU, --channels-last NHWC, --compile torch.compile of
+    the trunk: each still takes finite steps that change the weights. Compiling here uses
+    the aot_eager backend: Dynamo's capture and AOTAutograd's forward and backward graphs as
+    the default does, without Inductor's C++ code generation (minutes on a cold cache)."""
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    torch._dynamo.reset()
+    config = dataclasses.replace(
+        RUN, train=dataclasses.replace(RUN.train, epochs=1, images_per_batch=4, **{flag: True})
+    )
+    trainer = make_trainer(tmp_path, config)
+    before = weights(trainer)
+    assert trainer.run()
+    for name, value in weights(trainer).items():
+        assert torch.isfinite(value).all(), name
+        if name.startswith("rpn.conv"):
+            assert not torch.equal(value, before[name]), name
+    conv = trainer.model.trunk[0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) == (flag == "channels_last")
+    compiled = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    assert (compiled > 0) == (flag == "compile")
+
+
+def test_speed_flags_reach_the_train_config_from_the_command_line_and_set():
+    args = build_parser().parse_args(
+        ["train", "--model", "faster-rcnn", "--data", "shapes", "--out", "r", "--amp", "--compile"]
+    )
+    flags = {"amp": args.amp, "channels_last": args.channels_last, "compile": args.compile}
+    config = resolve_config("faster-rcnn", "small", None, ["train.channels_last=true"], **flags)
+    assert (config.train.amp, config.train.channels_last, config.train.compile) == (True,) * 3
+    default = resolve_config("faster-rcnn", "small").train
+    assert (default.amp, default.channels_last, default.compile) == (False,) * 3
