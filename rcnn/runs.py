@@ -1,7 +1,8 @@
 """The workflows on a run directory: train, evaluate, detect.
 
-A run directory holds config.json (resolved configuration and class names), log.jsonl (losses
-and evaluations), checkpoint.safetensors (the latest state, for --resume), model.safetensors
+A run directory holds config.json (resolved configuration and class names), log.jsonl and
+log.csv (losses and evaluations; tensorboard/ too when TensorBoard is installed),
+checkpoint.safetensors (the latest state, for --resume), model.safetensors
 (the final weights), loss.png, metrics.json, pr_curves.png and detections/ (pictures).
 """
 
@@ -21,7 +22,8 @@ from rcnn.data.spec import open_dataset
 from rcnn.detector import CONFIG, WEIGHTS, Detector, read_run_config, write_run_config
 from rcnn.errors import RcnnError
 from rcnn.evaluation.report import evaluate_detections, format_table, plot_pr_curves, write_metrics
-from rcnn.inference import detect_dataset, gather_detections
+from rcnn.inference import DatasetDetections, detect_dataset, gather_detections
+from rcnn.logs import LOG
 from rcnn.models.build import RunConfig, build_model, preset
 from rcnn.pretrain import PretrainConfig, pretrain_backbone, save_backbone
 from rcnn.train import CHECKPOINT, Trainer
@@ -119,16 +121,44 @@ def train_run(
     if not resume and world.is_main:
         write_run_config(run_dir, config, dataset.class_names, data)
     model = build_model(config, len(dataset.class_names))
+    test = test_split(data)
+    evaluate = None
+    if test and config.train.eval_every > 0:  # mAP50 during training, for the curve
+        evaluate = evaluator(config, open_for_run(data, test, dataset.class_names), world)
     trainer = Trainer(
-        model, dataset, config, run_dir, model.pixel_stats, time_budget=time_budget, world=world
+        model, dataset, config, run_dir, model.pixel_stats, evaluate, time_budget, world
     )
     finished = trainer.run(resume)
     if world.is_main:
         checkpoint.save_model(run_dir / WEIGHTS, trainer.model, {"finished": finished})
-        plot_losses(run_dir / "log.jsonl", run_dir / "loss.png")
+        plot_losses(run_dir / LOG, run_dir / "loss.png")
     distributed.barrier(world)
-    test = test_split(data)
     return evaluate_run(run_dir, data, test, world=world) if test else None
+
+
+def evaluator(config: RunConfig, test_set: DetectionDataset, world: distributed.World):
+    """model -> its mAP50 on ``test_set`` (NaN on the ranks other than 0), for the trainer."""
+
+    def evaluate(model) -> float:
+        detector = Detector(model, config, test_set.class_names, model.pixel_stats)
+        shard = (world.rank, world.size)
+        found = detect_dataset(detector, test_set, config.train.workers, False, shard)
+        found = gather_detections(found, world)
+        return float("nan") if found is None else score(found, test_set).metrics["map50"]
+
+    return evaluate
+
+
+def score(found: DatasetDetections, dataset: DetectionDataset):
+    """The VOC and COCO evaluation of detections over ``dataset``."""
+    indices = sorted(found.detections)
+    return evaluate_detections(
+        [found.detections[i] for i in indices],
+        [dataset.annotation(i) for i in indices],
+        list(dataset.class_names),
+        [dataset.image_size(i) for i in indices],
+        found.seconds_per_image,
+    )
 
 
 def test_split(data: str) -> str | None:
@@ -175,14 +205,7 @@ def evaluate_run(
     )
     if found is None:
         return None
-    indices = sorted(found.detections)
-    evaluation = evaluate_detections(
-        [found.detections[i] for i in indices],
-        [dataset.annotation(i) for i in indices],
-        detector.class_names,
-        [dataset.image_size(i) for i in indices],
-        found.seconds_per_image,
-    )
+    evaluation = score(found, dataset)
     metrics = evaluation.metrics | {
         "proposal_seconds_per_image": found.proposal_seconds_per_image,
         "proposals_per_image": found.proposals_per_image,

@@ -15,7 +15,6 @@ the stage, epoch and step named.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 import types
@@ -33,12 +32,12 @@ from rcnn.data.loader import make_loader
 from rcnn.data.transforms import TrainTransform, make_batch
 from rcnn.distributed import World
 from rcnn.errors import RcnnError
+from rcnn.logs import RunLog
 from rcnn.models.build import RunConfig
 from rcnn.optim import TrainConfig, learning_rate_factor, make_optimizer, set_learning_rate
 from rcnn.structures import ImageBatch
 
 CHECKPOINT = "checkpoint.safetensors"
-LOG = "log.jsonl"
 LOG_EVERY = 10  # iterations between log lines
 
 
@@ -139,6 +138,7 @@ class Trainer:
         self.network = self.model  # what the steps call: DistributedDataParallel around it
         self.dataset, self.config, self.run_dir = dataset, config, Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_log = RunLog(self.run_dir) if world.is_main else None  # rank 0 writes
         self.pixel_stats = pixel_stats
         self.evaluate = evaluate
         self.fitted = tuple(getattr(model, "fitted_stages", ()))
@@ -307,11 +307,8 @@ class Trainer:
         )
 
     def log(self, record: dict) -> None:
-        if not self.world.is_main:
-            return
-        record = {**record, "seconds": round(self.position.seconds, 2)}
-        with open(self.run_dir / LOG, "a") as file:
-            file.write(json.dumps(record) + "\n")
+        if self.run_log is not None:
+            self.run_log.write({**record, "seconds": round(self.position.seconds, 2)})
 
     def save(self) -> None:
         """The checkpoint, written by rank 0, with every rank's random state."""

@@ -152,17 +152,17 @@ def plot_losses(log_path: str | Path, png_path: str | Path) -> None:
     for column, stage in enumerate(stages, start=1):
         axes = figure.add_subplot(1, len(stages), column)
         rows = [r for r in records if r["stage"] == stage]
-        keys = sorted(
-            {k for r in rows for k in r} - {"stage", "epoch", "step", "seconds", "map50", "fitted"}
-        )
+        keys = sorted({k for r in rows for k in r} - NOT_LOSSES)
         for key in keys:
             points = [(r["step"], r[key]) for r in rows if key in r]
             axes.plot(*zip(*points, strict=True), label=key, linewidth=1)
         axes.set(title=stage, xlabel="step", ylabel="loss")
+        lines = axes.get_lines()
         evaluations = [(r["step"], r["map50"]) for r in rows if "map50" in r]
-        if evaluations:
+        if evaluations:  # the mAP curve on its own axis, 0 to 1, in the same legend
             twin = axes.twinx()
-            twin.plot(*zip(*evaluations, strict=True), "ko-", label="mAP50")
+            lines += twin.plot(*zip(*evaluations, strict=True), "ko-", label="mAP50")
             twin.set(ylabel="mAP50", ylim=(0, 1))
-        axes.legend(fontsize=7)
+        if lines:
+            axes.legend(handles=lines, fontsize=7)
     figure.savefig(png_path, dpi=110)
