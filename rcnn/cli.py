@@ -65,13 +65,21 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", required=True)
     evaluate.add_argument("--split", default=None, help="default: test, falling back to val")
 
-    detect = commands.add_parser("detect", help="detect objects in images or a data set split")
+    detect = commands.add_parser(
+        "detect", help="detect objects in images, folders of images or a data set split"
+    )
     detect.add_argument("run")
     detect.add_argument("inputs", nargs="+", metavar="IMAGE_OR_SPEC")
     detect.add_argument("--split", default=None)
     detect.add_argument("--out", default=None, help="directory for pictures")
     detect.add_argument("--score-thresh", type=float, default=0.5)
     detect.add_argument("--json", action="store_true", help="one JSON object per image")
+    detect.add_argument(
+        "--coco-json",
+        default=None,
+        metavar="FILE",
+        help="write every detection as COCO results (ids listed in FILE.images.json unless coco:)",
+    )
 
     proposals = commands.add_parser("proposals", help="region proposals of an image or data set")
     proposals.add_argument("input", metavar="IMAGE_OR_SPEC")
@@ -147,7 +155,10 @@ def _detect(args: argparse.Namespace) -> int:
     from rcnn.runs import detect_inputs
 
     out = Path(args.out) if args.out else None
-    detect_inputs(Path(args.run), args.inputs, args.split, out, args.score_thresh, args.json)
+    coco_json = Path(args.coco_json) if args.coco_json else None
+    detect_inputs(
+        Path(args.run), args.inputs, args.split, out, args.score_thresh, args.json, coco_json
+    )
     return 0
 
 

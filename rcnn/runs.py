@@ -13,19 +13,26 @@ import json
 import shutil
 from pathlib import Path
 
+from torch import Tensor
+from tqdm import tqdm
+
 from rcnn import checkpoint, distributed
 from rcnn.backbones import build_backbone
 from rcnn.config import load_file, merge, parse_overrides
+from rcnn.data.coco import COCODataset
 from rcnn.data.dataset import DetectionDataset
-from rcnn.data.images import decode_image
+from rcnn.data.images import decode_image, image_files
 from rcnn.data.spec import open_dataset
 from rcnn.detector import CONFIG, WEIGHTS, Detector, read_run_config, write_run_config
 from rcnn.errors import RcnnError
+from rcnn.evaluation.coco import coco_ground_truth, write_coco_results
 from rcnn.evaluation.report import evaluate_detections, format_table, plot_pr_curves, write_metrics
+from rcnn.files import write_json
 from rcnn.inference import DatasetDetections, detect_dataset, gather_detections
 from rcnn.logs import LOG
 from rcnn.models.build import RunConfig, build_model, preset
 from rcnn.pretrain import PretrainConfig, pretrain_backbone, save_backbone
+from rcnn.structures import Annotation, Detections
 from rcnn.train import CHECKPOINT, Trainer
 from rcnn.visualize import draw_detections, plot_losses
 
@@ -246,46 +253,106 @@ def detect_inputs(
     out: Path | None,
     score: float,
     as_json: bool,
+    coco_json: Path | None = None,
 ) -> None:
-    """``rcnn detect``: image files, or one SPEC's split; JSON lines, pictures, or a summary."""
+    """``rcnn detect``: image files, folders of them, or one SPEC's split; JSON lines,
+    pictures or a summary of the detections above ``score``, and with ``coco_json`` every
+    detection in COCO's results format (see ``write_coco_detections``)."""
     detector = Detector.load(run_dir)
-    for path, image, detections in _detections_of(detector, inputs, split):
+    dataset = _spec_split(detector, inputs, split)
+    found = []  # (index, path, (H, W), Detections) per image, for the COCO results
+    for index, path, image, detections in _detections_of(detector, inputs, dataset):
+        found.append((index, path, (image.shape[-2], image.shape[-1]), detections))
         keep = detections.scores >= score
-        boxes, labels, scores = (
-            detections.boxes[keep],
-            detections.labels[keep],
-            detections.scores[keep],
+        kept = Detections(detections.boxes[keep], detections.scores[keep], detections.labels[keep])
+        _report(path, image, kept, detector.class_names, out, as_json)
+    if coco_json is not None:
+        write_coco_detections(coco_json, found, detector.class_names, dataset)
+
+
+def _report(
+    path: str,
+    image: Tensor,
+    detections: Detections,
+    class_names: list[str],
+    out: Path | None,
+    as_json: bool,
+) -> None:
+    """One image's detections as a JSON line or a summary line, and a picture in ``out``."""
+    boxes, labels, scores = detections.boxes, detections.labels, detections.scores
+    names = [class_names[k - 1] for k in labels.tolist()]
+    if as_json:
+        record = {"image": path, "width": image.shape[-1], "height": image.shape[-2]}
+        record |= {"boxes": [[round(v, 2) for v in b] for b in boxes.tolist()], "labels": names}
+        print(json.dumps(record | {"scores": [round(s, 4) for s in scores.tolist()]}), flush=True)
+    else:
+        tqdm.write(
+            f"{path}: {len(names)} detections "
+            + ", ".join(f"{n} {s:.2f}" for n, s in zip(names, scores.tolist(), strict=True))
         )
-        names = [detector.class_names[k - 1] for k in labels.tolist()]
-        if as_json:
-            record = {"image": path, "width": image.shape[-1], "height": image.shape[-2]}
-            record |= {"boxes": [[round(v, 2) for v in b] for b in boxes.tolist()], "labels": names}
-            print(
-                json.dumps(record | {"scores": [round(s, 4) for s in scores.tolist()]}), flush=True
-            )
-        else:
-            print(
-                f"{path}: {len(names)} detections "
-                + ", ".join(f"{n} {s:.2f}" for n, s in zip(names, scores.tolist(), strict=True))
-            )
-        if out is not None:
-            out.mkdir(parents=True, exist_ok=True)
-            picture = draw_detections(image, boxes, labels, scores, detector.class_names)
-            picture.save(out / f"{Path(path).stem}.png")
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        picture = draw_detections(image, boxes, labels, scores, class_names)
+        picture.save(out / f"{Path(path).stem}.png")
 
 
-def _detections_of(detector: Detector, inputs: list[str], split: str | None):
-    """(path, image, Detections) for each image file, or for each image of a SPEC's split."""
-    if len(inputs) == 1 and is_spec(inputs[0]):
-        split = split or test_split(inputs[0])
-        dataset = open_for_run(inputs[0], split or "test", detector.class_names)
+def _spec_split(
+    detector: Detector, inputs: list[str], split: str | None
+) -> DetectionDataset | None:
+    """The split to detect on when the one input is a SPEC, else None (image files)."""
+    if len(inputs) != 1 or not is_spec(inputs[0]):
+        return None
+    split = split or test_split(inputs[0])
+    return open_for_run(inputs[0], split or "test", detector.class_names)
+
+
+def _detections_of(detector: Detector, inputs: list[str], dataset: DetectionDataset | None):
+    """(index, path, image, Detections) for each image of ``dataset`` (its index), or of the
+    image files and folders (their images in sorted order) named by ``inputs`` (position)."""
+    if dataset is not None:
         found = detect_dataset(detector, dataset)
         for index in sorted(found.detections):
-            yield dataset.image_path(index), dataset.load_image(index), found.detections[index]
+            image = dataset.load_image(index)
+            yield index, dataset.image_path(index), image, found.detections[index]
         return
-    for path in inputs:
+    paths = [path for text in inputs for path in image_files(Path(text))]
+    for index, path in enumerate(tqdm(paths, desc="detect", leave=False, dynamic_ncols=True)):
         image = decode_image(path)
-        yield str(Path(path).resolve()), image, detector.detect([image])[0]
+        yield index, str(Path(path).resolve()), image, detector.detect([image])[0]
+
+
+def write_coco_detections(
+    path: Path,
+    found: list[tuple[int, str, tuple[int, int], Detections]],
+    class_names: list[str],
+    dataset: DetectionDataset | None,
+) -> None:
+    """Every detection of ``found`` ((index, path, (H, W), Detections) per image) as COCO
+    results at ``path``: ``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}]``.
+
+    For a ``coco:`` data set the ids are its own, so pycocotools' ``loadRes`` on its
+    annotation file takes the file as it is. Otherwise image ``index`` is id ``index + 1``
+    (1..N for image files and folders, in sorted order) and label k is category k, listed with
+    file names and sizes, as a COCO data set without annotations, in ``PATH.images.json``
+    beside it (``results.json`` -> ``results.images.json``).
+    """
+    detections = [d for _, _, _, d in found]
+    if isinstance(dataset, COCODataset):
+        ids = [dataset.coco_image_id(index) for index, _, _, _ in found]
+        write_coco_results(path, detections, ids, dataset.category_ids)
+        return
+    ids = [index + 1 for index, _, _, _ in found]
+    write_coco_results(path, detections, ids)
+    sizes = [size for _, _, size, _ in found]
+    listing = coco_ground_truth([Annotation.empty()] * len(found), sizes, class_names, ids)
+    for image, (_, image_path, _, _) in zip(listing["images"], found, strict=True):
+        image["file_name"] = image_path
+    write_json(listing_path(path), listing)
+
+
+def listing_path(results: Path) -> Path:
+    """Where the image and category ids of a COCO results file for image files are listed."""
+    return results.with_suffix(".images.json")
 
 
 def is_spec(text: str) -> bool:

@@ -11,13 +11,14 @@ from __future__ import annotations
 import os
 import warnings
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 from torch import Tensor
 
-from rcnn.errors import BadSampleError
+from rcnn.errors import BadSampleError, RcnnError
 
 # 50 megapixels: a 8660 x 5773 photo. Larger files are refused before they are decoded
 # (a malicious or mistaken header can otherwise ask for gigabytes).
@@ -27,6 +28,20 @@ DEFAULT_MAX_PIXELS = 50_000_000
 _EXIF_ORIENTATION = 0x0112
 _TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
+
+
+def image_files(path: Path) -> list[Path]:
+    """``path`` itself when it is a file, or the image files of the folder ``path`` (by suffix,
+    case-insensitive; not its subfolders), sorted by name."""
+    if not path.is_dir():
+        return [path]
+    found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not found:
+        raise RcnnError(f"{path}: no image files in this folder ({', '.join(IMAGE_SUFFIXES)})")
+    return found
 
 
 def decode_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Tensor:

@@ -1,0 +1,102 @@
+"""``rcnn detect`` on a folder and on a COCO data set, writing COCO results JSON."""
+
+import contextlib
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from rcnn import checkpoint
+from rcnn.cli import main
+from rcnn.data.images import decode_image
+from rcnn.detector import WEIGHTS, Detector, write_run_config
+from rcnn.errors import RcnnError
+from rcnn.models.build import build_model, preset
+from rcnn.runs import detect_inputs, listing_path
+
+CLASSES = ["ring", "bar"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """An untrained small Faster R-CNN of two classes: with scores near 1/3 it reports plenty
+    of boxes, which is all these tests need."""
+    run = tmp_path_factory.mktemp("run")
+    config = preset("faster-rcnn", "small")
+    write_run_config(run, config, CLASSES, "shapes")
+    torch.manual_seed(0)
+    checkpoint.save_model(run / WEIGHTS, build_model(config, len(CLASSES)))
+    return run
+
+
+def write_image(path, size, seed):
+    pixels = np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+
+
+def quietly(function, *args):
+    with contextlib.redirect_stdout(io.StringIO()):
+        return function(*args)
+
+
+def xywh(boxes):
+    return [[x1, y1, x2 - x1, y2 - y1] for x1, y1, x2, y2 in boxes.tolist()]
+
+
+def test_a_coco_data_set_gets_its_own_ids_and_pycocotools_takes_the_results(tmp_path, run_dir):
+    ids = {17: "b.png", 42: "a.png"}  # neither contiguous nor in file order
+    images = []
+    for seed, (image_id, name) in enumerate(ids.items()):
+        write_image(tmp_path / name, (60, 90), seed)
+        images.append({"id": image_id, "file_name": name, "height": 60, "width": 90})
+    box = {"bbox": [10, 10, 30, 20], "area": 600, "iscrowd": 0}
+    annotations = [{"id": 1, "image_id": 17, "category_id": 7, **box}]
+    categories = [{"id": 7, "name": "bar"}, {"id": 3, "name": "ring"}]  # label 1 is id 3
+    annotation_file = tmp_path / "instances.json"
+    content = {"images": images, "annotations": annotations, "categories": categories}
+    annotation_file.write_text(json.dumps(content))
+    out = tmp_path / "results.json"
+    quietly(detect_inputs, run_dir, [f"coco:{annotation_file}"], None, None, 0.5, False, out)
+
+    results = json.loads(out.read_text())
+    expected = Detector.load(run_dir).detect([decode_image(str(tmp_path / "b.png"))])[0]
+    mine = [r for r in results if r["image_id"] == 17]
+    assert len(mine) == len(expected) > 0  # every detection, not only those above 0.5
+    assert [r["category_id"] for r in mine] == [{1: 3, 2: 7}[k] for k in expected.labels.tolist()]
+    assert np.allclose([r["bbox"] for r in mine], xywh(expected.boxes), atol=1e-4)
+    assert {r["image_id"] for r in results} <= set(ids)
+    ground_truth = quietly(COCO, str(annotation_file))
+    cocoeval = COCOeval(ground_truth, quietly(ground_truth.loadRes, str(out)), iouType="bbox")
+    quietly(cocoeval.evaluate)
+    quietly(cocoeval.accumulate)
+    assert not listing_path(out).exists()  # the data set's own file lists the ids
+
+
+def test_a_folder_is_detected_in_sorted_order_with_its_ids_listed(tmp_path, run_dir):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for seed, name in enumerate(["c.png", "a.jpg", "B.PNG"]):
+        write_image(folder / name, (50 + 10 * seed, 70), seed)
+    (folder / "notes.txt").write_text("not an image")
+    out = tmp_path / "results.json"
+    assert main(["detect", str(run_dir), str(folder), "--coco-json", str(out), "--json"]) == 0
+
+    listing = json.loads(listing_path(out).read_text())
+    names = [image["file_name"] for image in listing["images"]]
+    assert names == [str((folder / n).resolve()) for n in ["B.PNG", "a.jpg", "c.png"]]
+    assert [(i["id"], i["height"]) for i in listing["images"]] == [(1, 70), (2, 60), (3, 50)]
+    assert listing["categories"] == [{"id": 1, "name": "ring"}, {"id": 2, "name": "bar"}]
+    listed = quietly(COCO, str(listing_path(out)))
+    found = quietly(listed.loadRes, str(out))
+    assert {a["image_id"] for a in found.dataset["annotations"]} == {1, 2, 3}
+
+
+def test_a_folder_without_images_is_refused(tmp_path, run_dir):
+    (tmp_path / "notes.txt").write_text("no images here")
+    with pytest.raises(RcnnError, match="no image files in this folder"):
+        detect_inputs(run_dir, [str(tmp_path)], None, None, 0.5, False, tmp_path / "r.json")
