@@ -104,6 +104,19 @@ def train_run(
 ) -> dict | None:
     """Train (or resume) a run, save its final weights and loss curve, evaluate it on the
     test split when the data set has one; returns the metrics (None without a test split)."""
+    train_model(config, data, run_dir, resume, time_budget)
+    test = test_split(data)
+    return evaluate_run(run_dir, data, test) if test else None
+
+
+def train_model(
+    config: RunConfig,
+    data: str,
+    run_dir: Path,
+    resume: bool = False,
+    time_budget: float | None = None,
+) -> None:
+    """Train (or resume) a run; save its final weights and loss curve in ``run_dir``."""
     prepare_run_dir(run_dir, resume)
     if resume:
         config, _ = read_run_config(run_dir)
@@ -115,8 +128,6 @@ def train_run(
     finished = trainer.run(resume)
     checkpoint.save_model(run_dir / WEIGHTS, model, {"finished": finished})
     plot_losses(run_dir / "log.jsonl", run_dir / "loss.png")
-    test = test_split(data)
-    return evaluate_run(run_dir, data, test) if test else None
 
 
 def test_split(data: str) -> str | None:
