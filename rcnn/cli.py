@@ -76,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export", help="export a trained Faster R-CNN")
     export.add_argument("run")
-    export.add_argument("--onnx", required=True, metavar="FILE")
+    export.add_argument(
+        "--onnx", required=True, metavar="FILE", help="image in, boxes, labels and scores out"
+    )
     return parser
 
 
@@ -138,6 +140,13 @@ def _not_yet(what: str, issue: int):
     return handler
 
 
+def _export(args: argparse.Namespace) -> int:
+    from rcnn.export import export_run
+
+    export_run(Path(args.run), Path(args.onnx))
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     if args.what == "models":
         print("rcnn bench models: model timings are not there yet", file=sys.stderr)
@@ -178,7 +187,7 @@ HANDLERS = {
     "proposals": _proposals,
     "lineage": _not_yet("the four models side by side", 5),
     "bench": _bench,
-    "export": _not_yet("ONNX export of Faster R-CNN", 7),
+    "export": _export,
 }
 
 
