@@ -27,7 +27,8 @@ CLASSES = ["rectangle", "cross"]
 RUN = RunConfig(
     backbone="small", input=InputConfig(test_size=128, max_size=256), faster_rcnn=CONFIG
 )
-SCENE = scene([([20, 30, 70, 90], 1), ([90, 20, 140, 70], 2)])  # (3, 128, 160)
+OBJECTS = [([20, 30, 70, 90], 1), ([90, 20, 140, 70], 2)]
+SCENE = scene(OBJECTS)  # (3, 128, 160)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,12 @@ def detector() -> Detector:
     backbone = tiny_backbone()
     backbone.head = nn.Sequential(nn.BatchNorm2d(32), *backbone.head)
     model = FasterRCNN(backbone, len(CLASSES), CONFIG)
-    train_steps(model, batch_of(model, [SCENE, scene([])]), 100)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same weights however many threads the tests run with
+    try:
+        train_steps(model, batch_of(model, [SCENE, scene([])]), 100)
+    finally:
+        torch.set_num_threads(threads)
     return Detector(model, RUN, CLASSES, model.pixel_stats)
 
 
@@ -86,17 +92,17 @@ def test_the_file_takes_an_image_and_gives_detections(exported):
 
 
 @pytest.mark.parametrize(
-    "size",
+    "image",
     [
-        (128, 160),  # at the test size: not resized
-        (100, 130),  # enlarged
-        (200, 250),  # shrunk, antialiased
-        (64, 300),  # the longer side capped at the maximum size
+        pytest.param(SCENE.image, id="at-the-test-size"),  # not resized
+        pytest.param(resized_scene((100, 130)), id="enlarged"),
+        pytest.param(resized_scene((200, 250)), id="shrunk"),  # antialiased
+        # the objects on a wider background: the longer side capped at the maximum size
+        pytest.param(scene(OBJECTS, size=(110, 300)).image, id="capped"),
     ],
 )
-def test_detections_equal_pytorchs(exported, size):
+def test_detections_equal_pytorchs(exported, image):
     detector, session, _ = exported
-    image = resized_scene(size)
     expected = detector(image)
     assert len(expected["labels"]) > 0, "the test needs an image with detections"
     boxes, labels, scores = run_onnx(session, image)
