@@ -96,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export", help="export a trained Faster R-CNN")
     export.add_argument("run")
-    export.add_argument("--onnx", required=True, metavar="FILE")
+    export.add_argument(
+        "--onnx", required=True, metavar="FILE", help="image in, boxes, labels and scores out"
+    )
     return parser
 
 
@@ -165,6 +167,13 @@ def _not_yet(what: str, issue: int):
     return handler
 
 
+def _export(args: argparse.Namespace) -> int:
+    from rcnn.export import export_run
+
+    export_run(Path(args.run), Path(args.onnx))
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     import torch
 
@@ -214,7 +223,7 @@ HANDLERS = {
     "proposals": _proposals,
     "lineage": _lineage,
     "bench": _bench,
-    "export": _not_yet("ONNX export of Faster R-CNN", 7),
+    "export": _export,
 }
 
 
