@@ -16,6 +16,8 @@ from torch import nn
 from rcnn.anchors import AnchorConfig
 from rcnn.backbones import build_backbone
 from rcnn.models.faster_rcnn import FasterRCNN, FasterRCNNConfig
+from rcnn.models.rcnn import RCNN, RCNNConfig
+from rcnn.models.sppnet import SPPNet, SPPNetConfig
 from rcnn.optim import TrainConfig
 from rcnn.proposals import ProposalConfig
 from rcnn.rpn import RPNConfig
@@ -44,6 +46,8 @@ class RunConfig:
     input: InputConfig = field(default_factory=InputConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     faster_rcnn: FasterRCNNConfig = field(default_factory=FasterRCNNConfig)
+    rcnn: RCNNConfig = field(default_factory=RCNNConfig)
+    sppnet: SPPNetConfig = field(default_factory=SPPNetConfig)
 
 
 def preset(model: ModelName, backbone: str) -> RunConfig:
@@ -82,4 +86,8 @@ def build_model(config: RunConfig, num_classes: int, load_pretrained: bool = Tru
     backbone = build_backbone(config.backbone, pretrained, frozen=config.pretrained is not None)
     if config.model == "faster-rcnn":
         return FasterRCNN(backbone, num_classes, config.faster_rcnn)
+    if config.model == "rcnn":
+        return RCNN(backbone, num_classes, config.rcnn)
+    if config.model == "sppnet":
+        return SPPNet(backbone, num_classes, config.sppnet)
     raise NotImplementedError(f"model {config.model!r} is not built yet")
