@@ -8,8 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from rcnn.boxes import box_iou
+from rcnn.config import from_dict, to_dict
 from rcnn.data.dataset import DetectionDataset, WithProposals
 from rcnn.data.transforms import TrainTransform, make_batch
+from rcnn.models.build import RunConfig, build_model, preset
 from rcnn.models.rcnn import RCNN, RCNNConfig, context_boxes, warp_regions
 from rcnn.models.sppnet import SPPNet, SPPNetConfig
 from rcnn.optim import TrainConfig, make_optimizer
@@ -244,3 +246,20 @@ def test_images_without_objects_or_proposals(name):
     with torch.no_grad():
         (found,) = model(batch_of(model, empty))
     assert len(found) == 0
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_small_presets_build_and_round_trip_through_the_run_config(name):
+    config = preset(name, "small")
+    assert from_dict(RunConfig, json.loads(json.dumps(to_dict(config)))) == config
+    model = build_model(config, 3)
+    assert model.config.max_proposals == (500, 500) and model.proposal_mode == "fast"
+    if name == "sppnet":
+        assert model.stages == ("pretrain", "finetune", "svm", "bbox-regression")
+        return
+    # a 112 x 112 warp gives the small trunk's 7 x 7 map: pool5 is that map, unpooled
+    crops = torch.randn(2, 3, 112, 112)
+    with torch.no_grad():
+        features = model.trunk(crops)
+    assert features.shape[-2:] == (7, 7)
+    assert torch.equal(model.pool5(features), features)

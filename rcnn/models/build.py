@@ -23,6 +23,9 @@ from rcnn.proposals import ProposalConfig
 from rcnn.rpn import RPNConfig
 
 ModelName = Literal["rcnn", "sppnet", "fast-rcnn", "faster-rcnn"]
+# R-CNN and SPPNet on the small backbone: at most 500 selective search boxes an image (train,
+# test), a quarter of the papers' 2,000, which CPU runs can afford
+SMALL_PROPOSALS = (500, 500)
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,10 @@ class RunConfig:
 
 def preset(model: ModelName, backbone: str) -> RunConfig:
     """The defaults for a model on a backbone: the papers' settings for the paper backbones;
-    for the small CPU backbone, settings for ~320 px images with objects from ~12 px."""
+    for the small CPU backbone, settings for ~320 px images with objects from ~12 px: R-CNN
+    warps regions to 112 x 112 (the small trunk's 7 x 7 map, its pool5 grid; VGG16's 224
+    would cost 4x); SPPNet trains its trunk first ("pretrain"), as there is no ImageNet
+    model to start from, without dropout, as the small head has none."""
     config = RunConfig(model=model, backbone=backbone)
     if backbone != "small":
         return config
@@ -74,6 +80,10 @@ def preset(model: ModelName, backbone: str) -> RunConfig:
                     pre_nms_top_n=(2000, 1000), post_nms_top_n=(500, 100), min_size=4.0
                 ),
             ),
+        ),
+        rcnn=dataclasses.replace(config.rcnn, warp_size=112, max_proposals=SMALL_PROPOSALS),
+        sppnet=dataclasses.replace(
+            config.sppnet, pretrain=True, dropout=0.0, max_proposals=SMALL_PROPOSALS
         ),
     )
 
