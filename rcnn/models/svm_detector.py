@@ -222,9 +222,8 @@ class SVMDetector(nn.Module):
         device = self.cls_score.weight.device
         for batch in context.batches(1, "features"):
             batch = batch.to(device)
-            regions, gt_boxes, gt_labels = self.training_regions(
-                batch, self.config.max_proposals[1]
-            )
+            limit = self.config.max_proposals[0]  # the training set's cap
+            regions, gt_boxes, gt_labels = self.training_regions(batch, limit)
             pool5, fc7 = self.region_features(batch, regions)
             counts = [len(r) for r in regions]
             for parts in zip(
