@@ -14,8 +14,9 @@ from pathlib import Path
 
 from rcnn import checkpoint
 from rcnn.backbones import build_backbone
+from rcnn.classic.proposal_cache import DEFAULT_CACHE_DIR, proposals_for
 from rcnn.config import load_file, merge, parse_overrides
-from rcnn.data.dataset import DetectionDataset
+from rcnn.data.dataset import DetectionDataset, WithProposals
 from rcnn.data.images import decode_image
 from rcnn.data.spec import open_dataset
 from rcnn.detector import CONFIG, WEIGHTS, Detector, read_run_config, write_run_config
@@ -124,6 +125,9 @@ def train_model(
     if not resume:
         write_run_config(run_dir, config, dataset.class_names, data)
     model = build_model(config, len(dataset.class_names))
+    mode = getattr(model, "proposal_mode", None)  # R-CNN, SPPNet, Fast R-CNN: selective search
+    if mode is not None:
+        dataset = WithProposals(dataset, proposals_for(dataset, mode, DEFAULT_CACHE_DIR))
     trainer = Trainer(model, dataset, config, run_dir, model.pixel_stats, time_budget=time_budget)
     finished = trainer.run(resume)
     checkpoint.save_model(run_dir / WEIGHTS, model, {"finished": finished})
