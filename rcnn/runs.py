@@ -277,7 +277,8 @@ def demo(out: Path) -> dict:
     config = preset("faster-rcnn", "small")
     metrics = train_run(config, "shapes", out, time_budget=DEMO_MINUTES)
     detector = Detector.load(out)
-    pictures = draw_examples(detector, open_dataset("shapes", "test"), out / "detections", 12, 0.5)
+    test = open_dataset("shapes", "test")
+    pictures = draw_examples(detector, test, out / "detections", 12, detector.display_threshold)
     print(f"\nmAP50 {metrics['map50']:.3f} on {metrics['images']} shapes test images")
     for what, path in [
         ("metrics", out / "metrics.json"),

@@ -176,6 +176,12 @@ class SVMDetector(nn.Module):
             )
         ]
 
+    @property
+    def display_threshold(self) -> float:
+        """Scores worth showing: the object side of the SVMs' margin (> 0), or the softmax's
+        more-likely-than-not (0.5)."""
+        return 0.0 if self.config.classifier == "svm" and self.svms.fitted else 0.5
+
     def class_scores(self, fc7: Tensor) -> Tensor:
         """fc7 ``(R, D)`` -> ``(R, K)``: the SVMs' margins, or the softmax's probabilities
         before the SVMs are fitted (or with ``classifier="softmax"``)."""
