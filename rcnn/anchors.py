@@ -89,6 +89,8 @@ class AnchorGenerator:
 
     def __call__(self, grid_size: tuple[int, int], device: torch.device | str = "cpu") -> Tensor:
         """(H*W*A, 4) anchors in input-image pixels for a feature map of ``grid_size = (H, W)``."""
+        if torch.compiler.is_exporting():  # the grid size is symbolic: nothing to cache
+            return shift_anchors(self.cell_anchors.to(device), grid_size, self.config.stride)
         key = (tuple(grid_size), str(device))
         if key not in self._cache:
             cell = self.cell_anchors.to(device)

@@ -162,11 +162,11 @@ def _small(frozen: bool) -> Backbone:
     ]
     trunk = nn.Sequential(OrderedDict((name, _conv_gn_relu(*spec)) for name, *spec in layers))
     reduce = ("reduce", _conv_gn_relu(128, 32, stride=1, kernel_size=1))
-    head = nn.Sequential(OrderedDict([reduce, *_fc_layers(32 * 7 * 7, 256, dropout=0.0)]))
+    head = nn.Sequential(OrderedDict([reduce, *fc_layers(32 * 7 * 7, 256, dropout=0.0)]))
     backbone = Backbone(
         "small", trunk, head, out_channels=128, representation_size=256, pool_size=7, frozen=frozen
     )
-    _init_from_scratch(backbone)
+    init_from_scratch(backbone)
     return backbone
 
 
@@ -180,7 +180,7 @@ def _conv_gn_relu(
     return nn.Sequential(OrderedDict(conv=conv, norm=norm, relu=nn.ReLU(inplace=True)))
 
 
-def _fc_layers(in_features: int, hidden: int, dropout: float) -> list[tuple[str, nn.Module]]:
+def fc_layers(in_features: int, hidden: int, dropout: float) -> list[tuple[str, nn.Module]]:
     """flatten, fc6, relu6, [drop6], fc7, relu7, [drop7]: the layers after RoI pooling."""
     layers: list[tuple[str, nn.Module]] = [("flatten", nn.Flatten())]
     for name, size in (("6", in_features), ("7", hidden)):
@@ -190,7 +190,7 @@ def _fc_layers(in_features: int, hidden: int, dropout: float) -> list[tuple[str,
     return layers
 
 
-def _init_from_scratch(module: nn.Module) -> None:
+def init_from_scratch(module: nn.Module) -> None:
     """Kaiming-normal weights for every conv and fc layer (each feeds a ReLU), zero biases."""
     for layer in module.modules():
         if isinstance(layer, nn.Conv2d):
@@ -248,11 +248,11 @@ def _zf(frozen: bool) -> Backbone:
             relu5=nn.ReLU(inplace=True),
         )
     )
-    head = nn.Sequential(OrderedDict(_fc_layers(256 * 6 * 6, 4096, dropout=0.5)))
+    head = nn.Sequential(OrderedDict(fc_layers(256 * 6 * 6, 4096, dropout=0.5)))
     backbone = Backbone(
         "zf", trunk, head, out_channels=256, representation_size=4096, pool_size=6, frozen=frozen
     )
-    _init_from_scratch(backbone)
+    init_from_scratch(backbone)
     return backbone
 
 
@@ -277,11 +277,11 @@ def _vgg16(frozen: bool) -> Backbone:
             layers += [nn.Conv2d(channels, item, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
             channels = item
     trunk = nn.Sequential(*layers)
-    head = nn.Sequential(OrderedDict(_fc_layers(512 * 7 * 7, 4096, dropout=0.5)))
+    head = nn.Sequential(OrderedDict(fc_layers(512 * 7 * 7, 4096, dropout=0.5)))
     backbone = Backbone(
         "vgg16", trunk, head, out_channels=512, representation_size=4096, pool_size=7, frozen=frozen
     )
-    _init_from_scratch(backbone)
+    init_from_scratch(backbone)
     if frozen:
         trunk[:_VGG16_FROZEN].requires_grad_(False)
     return backbone
@@ -409,7 +409,7 @@ def _resnet(name: str, frozen: bool) -> Backbone:
         pool_size=14,
         frozen=frozen,
     )
-    _init_from_scratch(backbone)
+    init_from_scratch(backbone)
     if frozen:
         trunk.conv1.requires_grad_(False)
         trunk.layer1.requires_grad_(False)

@@ -93,8 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     lineage = commands.add_parser("lineage", help="the four models side by side")
-    lineage.add_argument("--data", required=True)
+    lineage.add_argument("--data", required=True, help="e.g. shapes:train=400,test=100")
     lineage.add_argument("--out", required=True)
+    lineage.add_argument("--backbone", default="small")
+    lineage.add_argument(
+        "--time-budget", type=float, default=5.0, metavar="MINUTES", help="training, per model"
+    )
+    lineage.add_argument(
+        "--models", nargs="+", default=None, choices=("rcnn", "sppnet", "fast-rcnn", "faster-rcnn")
+    )
 
     bench = commands.add_parser("bench", help="timings, one table")
     bench.add_argument("what", nargs="?", default="all", choices=("ops", "models", "all"))
@@ -102,7 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export", help="export a trained Faster R-CNN")
     export.add_argument("run")
-    export.add_argument("--onnx", required=True, metavar="FILE")
+    export.add_argument(
+        "--onnx", required=True, metavar="FILE", help="image in, boxes, labels and scores out"
+    )
     return parser
 
 
@@ -177,6 +186,13 @@ def _not_yet(what: str, issue: int):
     return handler
 
 
+def _export(args: argparse.Namespace) -> int:
+    from rcnn.export import export_run
+
+    export_run(Path(args.run), Path(args.onnx))
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     import torch
 
@@ -192,6 +208,13 @@ def _bench(args: argparse.Namespace) -> int:
         from rcnn.bench.models import bench_models
 
         print_table("rcnn bench models", bench_models())
+    return 0
+
+
+def _lineage(args: argparse.Namespace) -> int:
+    from rcnn.lineage import MODELS, run_lineage
+
+    run_lineage(args.data, Path(args.out), args.backbone, args.time_budget, args.models or MODELS)
     return 0
 
 
@@ -217,9 +240,9 @@ HANDLERS = {
     "eval": _eval,
     "detect": _detect,
     "proposals": _proposals,
-    "lineage": _not_yet("the four models side by side", 5),
+    "lineage": _lineage,
     "bench": _bench,
-    "export": _not_yet("ONNX export of Faster R-CNN", 7),
+    "export": _export,
 }
 
 

@@ -96,6 +96,12 @@ class Detector:
         """Selective search's mode for the models that take proposals from outside, else None."""
         return getattr(self.model, "proposal_mode", None)
 
+    @property
+    def display_threshold(self) -> float:
+        """The score from which a detection is shown (pictures, ``rcnn detect``): 0.5 for class
+        probabilities; the model says otherwise where its scores are not (SVM margins)."""
+        return getattr(self.model, "display_threshold", 0.5)
+
     def detect(self, images: Sequence[Tensor]) -> list[Detections]:
         """uint8 (3, H, W) images -> their Detections in their own pixels (R-CNN, SPPNet and
         Fast R-CNN first run selective search on each image)."""

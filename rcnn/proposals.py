@@ -59,9 +59,10 @@ def propose(
     with torch.no_grad():
         # 3. drop small boxes
         keep = remove_small_boxes(boxes, config.min_size * image_scale)
-        # 4. top-N by objectness
+        # 4. top-N by objectness; equal scores in anchor order (flat backgrounds give many),
+        # so that every device, and ONNX's TopK, takes the same ones
         scores = objectness.detach()[keep]
-        order = torch.topk(scores, min(pre_nms, scores.numel())).indices
+        order = torch.sort(scores, descending=True, stable=True).indices[:pre_nms]
         keep = keep[order]
         # 5-6. NMS, then top-N again
         keep = keep[

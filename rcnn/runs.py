@@ -18,9 +18,10 @@ from tqdm import tqdm
 
 from rcnn import checkpoint, distributed
 from rcnn.backbones import build_backbone
+from rcnn.classic.proposal_cache import DEFAULT_CACHE_DIR, proposals_for
 from rcnn.config import load_file, merge, parse_overrides
 from rcnn.data.coco import COCODataset
-from rcnn.data.dataset import DetectionDataset
+from rcnn.data.dataset import DetectionDataset, WithProposals
 from rcnn.data.images import decode_image, image_files
 from rcnn.data.spec import open_dataset
 from rcnn.detector import CONFIG, WEIGHTS, Detector, read_run_config, write_run_config
@@ -119,6 +120,22 @@ def train_run(
     Started by torchrun, every process trains a share of each batch; rank 0 writes the files
     and returns the metrics (the others None)."""
     world = distributed.setup()
+    train_model(config, data, run_dir, resume, time_budget, world)
+    test = test_split(data)
+    return evaluate_run(run_dir, data, test, world=world) if test else None
+
+
+def train_model(
+    config: RunConfig,
+    data: str,
+    run_dir: Path,
+    resume: bool = False,
+    time_budget: float | None = None,
+    world: distributed.World | None = None,
+) -> None:
+    """Train (or resume) a run; save its final weights and loss curve in ``run_dir`` (rank 0
+    of several processes; the others train their share and write nothing)."""
+    world = world or distributed.setup()
     if world.is_main:
         prepare_run_dir(run_dir, resume)
     distributed.barrier(world)
@@ -128,6 +145,9 @@ def train_run(
     if not resume and world.is_main:
         write_run_config(run_dir, config, dataset.class_names, data)
     model = build_model(config, len(dataset.class_names))
+    mode = getattr(model, "proposal_mode", None)  # R-CNN, SPPNet, Fast R-CNN: selective search
+    if mode is not None:
+        dataset = WithProposals(dataset, proposals_for(dataset, mode, DEFAULT_CACHE_DIR))
     test = test_split(data)
     evaluate = None
     if test and config.train.eval_every > 0:  # mAP50 during training, for the curve
@@ -140,7 +160,6 @@ def train_run(
         checkpoint.save_model(run_dir / WEIGHTS, trainer.model, {"finished": finished})
         plot_losses(run_dir / LOG, run_dir / "loss.png")
     distributed.barrier(world)
-    return evaluate_run(run_dir, data, test, world=world) if test else None
 
 
 def evaluator(config: RunConfig, test_set: DetectionDataset, world: distributed.World):
@@ -377,7 +396,8 @@ def demo(out: Path) -> dict:
     config = preset("faster-rcnn", "small")
     metrics = train_run(config, "shapes", out, time_budget=DEMO_MINUTES)
     detector = Detector.load(out)
-    pictures = draw_examples(detector, open_dataset("shapes", "test"), out / "detections", 12, 0.5)
+    test = open_dataset("shapes", "test")
+    pictures = draw_examples(detector, test, out / "detections", 12, detector.display_threshold)
     print(f"\nmAP50 {metrics['map50']:.3f} on {metrics['images']} shapes test images")
     for what, path in [
         ("metrics", out / "metrics.json"),

@@ -10,6 +10,12 @@ atomically; ``resume`` restores weights, optimizer, random generator and the pos
 data, so on the CPU a resumed run ends with the same weights as an uninterrupted one. A time
 budget stops the run cleanly (checkpoint first); a loss that stops being finite stops it with
 the stage, epoch and step named.
+
+Started by torchrun, the same loop trains data parallel (``rcnn.distributed``): each rank takes
+its share of every batch of ``train.images_per_batch`` images, the logged losses are the
+ranks' mean, the clock is the slowest rank's, and rank 0 writes the checkpoint (with every
+rank's random state) and the logs (``rcnn.logs``). ``train.amp``, ``train.channels_last`` and
+``train.compile`` switch on mixed precision, NHWC layout and a compiled trunk.
 """
 
 from __future__ import annotations

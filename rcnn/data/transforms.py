@@ -70,13 +70,15 @@ def batch_images(images: Sequence[Tensor], size_divisible: int = 1):
     stride) -> ``(batch, image_sizes [(h_i, w_i), ...])``."""
     if not images:
         return torch.zeros(0, 3, 0, 0), []
-    sizes = [(int(image.shape[-2]), int(image.shape[-1])) for image in images]
+    # sizes stay as the shapes give them: symbolic under torch.export (rcnn.export)
+    sizes = [(image.shape[-2], image.shape[-1]) for image in images]
     height = math.ceil(max(h for h, _ in sizes) / size_divisible) * size_divisible
     width = math.ceil(max(w for _, w in sizes) / size_divisible) * size_divisible
-    batch = images[0].new_zeros((len(images), 3, height, width))
-    for slot, image, (h, w) in zip(batch, images, sizes, strict=True):
-        slot[:, :h, :w].copy_(image)
-    return batch, sizes
+    padded = [
+        F.pad(image, (0, width - w, 0, height - h))  # zeros on the right and at the bottom
+        for image, (h, w) in zip(images, sizes, strict=True)
+    ]
+    return torch.stack(padded), sizes
 
 
 @dataclass(frozen=True)

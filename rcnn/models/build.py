@@ -16,11 +16,16 @@ from torch import nn
 from rcnn.anchors import AnchorConfig
 from rcnn.backbones import build_backbone
 from rcnn.models.faster_rcnn import FasterRCNN, FasterRCNNConfig
+from rcnn.models.rcnn import RCNN, RCNNConfig
+from rcnn.models.sppnet import SPPNet, SPPNetConfig
 from rcnn.optim import TrainConfig
 from rcnn.proposals import ProposalConfig
 from rcnn.rpn import RPNConfig
 
 ModelName = Literal["rcnn", "sppnet", "fast-rcnn", "faster-rcnn"]
+# R-CNN and SPPNet on the small backbone: at most 500 selective search boxes an image (train,
+# test), a quarter of the papers' 2,000, which CPU runs can afford
+SMALL_PROPOSALS = (500, 500)
 
 
 @dataclass(frozen=True)
@@ -44,11 +49,16 @@ class RunConfig:
     input: InputConfig = field(default_factory=InputConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     faster_rcnn: FasterRCNNConfig = field(default_factory=FasterRCNNConfig)
+    rcnn: RCNNConfig = field(default_factory=RCNNConfig)
+    sppnet: SPPNetConfig = field(default_factory=SPPNetConfig)
 
 
 def preset(model: ModelName, backbone: str) -> RunConfig:
     """The defaults for a model on a backbone: the papers' settings for the paper backbones;
-    for the small CPU backbone, settings for ~320 px images with objects from ~12 px."""
+    for the small CPU backbone, settings for ~320 px images with objects from ~12 px: R-CNN
+    warps regions to 112 x 112 (the small trunk's 7 x 7 map, its pool5 grid; VGG16's 224
+    would cost 4x); SPPNet trains its trunk first ("pretrain"), as there is no ImageNet
+    model to start from, without dropout, as the small head has none."""
     config = RunConfig(model=model, backbone=backbone)
     if backbone != "small":
         return config
@@ -71,6 +81,10 @@ def preset(model: ModelName, backbone: str) -> RunConfig:
                 ),
             ),
         ),
+        rcnn=dataclasses.replace(config.rcnn, warp_size=112, max_proposals=SMALL_PROPOSALS),
+        sppnet=dataclasses.replace(
+            config.sppnet, pretrain=True, dropout=0.0, max_proposals=SMALL_PROPOSALS
+        ),
     )
 
 
@@ -82,4 +96,8 @@ def build_model(config: RunConfig, num_classes: int, load_pretrained: bool = Tru
     backbone = build_backbone(config.backbone, pretrained, frozen=config.pretrained is not None)
     if config.model == "faster-rcnn":
         return FasterRCNN(backbone, num_classes, config.faster_rcnn)
+    if config.model == "rcnn":
+        return RCNN(backbone, num_classes, config.rcnn)
+    if config.model == "sppnet":
+        return SPPNet(backbone, num_classes, config.sppnet)
     raise NotImplementedError(f"model {config.model!r} is not built yet")

@@ -43,6 +43,11 @@ def pair(size: int | tuple[int, int]) -> tuple[int, int]:
     return int(h), int(w)
 
 
+def pooled_shape(features: Tensor, rois: Tensor, output_size: list[int]) -> tuple:
+    """The shape ``(R, C, h, w)`` of pooling ``features (N, C, H, W)`` over ``rois (R, 5)``."""
+    return (rois.shape[0], features.shape[1], *output_size)
+
+
 def round_half_away(x: Tensor) -> Tensor:
     """C's ``round``: halves go away from zero (2.5 -> 3, -2.5 -> -3), unlike ``torch.round``."""
     whole = x.trunc()

@@ -20,6 +20,9 @@ at a time:
 
 Every IoU goes through ``rcnn.boxes.box_iou``, elementwise, so each comparison is the same
 floating-point number as in ``nms_reference``; the two agree bit for bit.
+
+Under ``torch.export`` both functions become one opaque node, ``rcnn::nms`` (the loops above
+depend on the data), which ``rcnn.export`` writes as ONNX's NonMaxSuppression.
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ def nms(
     ``scores > thresh``). ``top_k``: keep at most this many; the search stops as soon as it
     has them, which is what makes RPN's "NMS, then the top 2000" cheap.
     """
+    if torch.compiler.is_exporting():
+        return torch.ops.rcnn.nms(boxes, scores, None, iou_threshold, top_k, score_threshold)
     candidates = _candidates(boxes, scores, None, score_threshold)
     order = candidates[torch.sort(scores[candidates], descending=True, stable=True).indices]
     return _greedy(boxes, order, None, iou_threshold, top_k)
@@ -69,6 +74,8 @@ def batched_nms(
     at most ``top_k`` of them. Exact: pairs of different labels are masked out of the
     comparison rather than moved apart by a coordinate offset, which would round.
     """
+    if torch.compiler.is_exporting():
+        return torch.ops.rcnn.nms(boxes, scores, labels, iou_threshold, top_k, score_threshold)
     candidates = _candidates(boxes, scores, labels, score_threshold)
     by_score = candidates[torch.sort(scores[candidates], descending=True, stable=True).indices]
     # group by label, keeping score order inside each group: (label, -score, index) order
@@ -78,6 +85,29 @@ def batched_nms(
     rank[by_score] = torch.arange(by_score.numel(), device=boxes.device)
     kept = kept[torch.sort(rank[kept]).indices]
     return kept if top_k is None else kept[:top_k]
+
+
+@torch.library.custom_op("rcnn::nms", mutates_args=())
+def _nms_op(
+    boxes: Tensor,
+    scores: Tensor,
+    labels: Tensor | None,
+    iou_threshold: float,
+    top_k: int | None,
+    score_threshold: float | None,
+) -> Tensor:
+    """``nms`` (``labels`` None) or ``batched_nms`` as one node of an exported graph."""
+    if labels is None:
+        return nms(boxes, scores, iou_threshold, top_k=top_k, score_threshold=score_threshold)
+    return batched_nms(
+        boxes, scores, labels, iou_threshold, top_k=top_k, score_threshold=score_threshold
+    )
+
+
+@_nms_op.register_fake
+def _(boxes, scores, labels, iou_threshold, top_k, score_threshold):
+    kept = torch.library.get_ctx().new_dynamic_size()  # how many: known only at run time
+    return boxes.new_empty((kept,), dtype=torch.int64)
 
 
 def _greedy(

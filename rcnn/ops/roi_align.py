@@ -19,6 +19,10 @@ once, on a channels-last copy of the map. The weights are differentiable functio
 RoI, so autograd also gives d(out)/d(rois), which Faster R-CNN's non-approximate joint
 training needs.
 
+Under ``torch.export`` the op is one node, ``rcnn::roi_align``, which ``rcnn.export`` writes as
+ONNX's RoiAlign (coordinate_transformation_mode ``output_half_pixel`` is ``aligned=False``,
+``half_pixel`` is ``aligned=True``).
+
 Shapes: features ``(N, C, H, W)``, rois ``(R, 5)`` ``[batch_index, x1, y1, x2, y2]`` in image
 pixels, output ``(R, C, h, w)``. ``E`` taps in all, ``B = R * h * w`` bins.
 """
@@ -31,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rcnn.ops._pooling import check_rois, pair
+from rcnn.ops._pooling import check_rois, pair, pooled_shape
 
 # Taps handled together when the gradient of the weights is computed; bounds the memory of
 # that step to about 2 * _TAP_CHUNK * C values.
@@ -47,6 +51,11 @@ def roi_align(
     aligned: bool = False,
 ) -> Tensor:
     """RoIAlign of ``features (N, C, H, W)`` over ``rois (R, 5)`` -> ``(R, C, h, w)``."""
+    if torch.compiler.is_exporting():
+        size = list(pair(output_size))
+        return torch.ops.rcnn.roi_align(
+            features, rois, size, spatial_scale, sampling_ratio, aligned
+        )
     image_index = check_rois(features, rois)
     h, w = pair(output_size)
     n, c, height, width = features.shape
@@ -58,6 +67,24 @@ def roi_align(
     out = _WeightedSum.apply(table, cells, weights.to(features.dtype), offsets)
     # (R*h*w, C) -> (R, h, w, C) -> (R, C, h, w)
     return out.view(-1, h, w, c).permute(0, 3, 1, 2).contiguous()
+
+
+@torch.library.custom_op("rcnn::roi_align", mutates_args=())
+def _roi_align_op(
+    features: Tensor,
+    rois: Tensor,
+    output_size: list[int],
+    spatial_scale: float,
+    sampling_ratio: int,
+    aligned: bool,
+) -> Tensor:
+    """``roi_align`` as one node of an exported graph (inference only: no gradient)."""
+    return roi_align(features, rois, tuple(output_size), spatial_scale, sampling_ratio, aligned)
+
+
+@_roi_align_op.register_fake
+def _(features, rois, output_size, spatial_scale, sampling_ratio, aligned):
+    return features.new_empty(pooled_shape(features, rois, output_size))
 
 
 def _taps(rois, image_index, map_size, output_size, spatial_scale, sampling_ratio, aligned):

@@ -15,6 +15,10 @@ compute ``ceil((i + 1) * (roi_h / h))`` in floating point, which lands one cell 
 rare sizes (e.g. roi_h = 57, h = 7 in float32: 7 * (57 / 7) rounds to 57.000004), so their
 last bin can take in one more row or column than the paper's rule gives.
 
+Under ``torch.export`` the op is one node, ``rcnn::roi_pool``, which ``rcnn.export`` writes as
+ONNX's MaxRoiPool: onnxruntime rounds the corners the same way but computes the bin edges in
+floating point as Caffe does, so the two agree exactly on windows of up to 56 cells a side.
+
 Shapes: features ``(N, C, H, W)``, rois ``(R, 5)`` ``[batch_index, x1, y1, x2, y2]`` in image
 pixels, output ``(R, C, h, w)``.
 """
@@ -24,7 +28,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rcnn.ops._pooling import check_rois, max_over_bins, pair, round_half_away
+from rcnn.ops._pooling import check_rois, max_over_bins, pair, pooled_shape, round_half_away
 
 
 def project_rois(boxes: Tensor, spatial_scale: float) -> Tensor:
@@ -42,6 +46,8 @@ def roi_pool(
     features: Tensor, rois: Tensor, output_size: int | tuple[int, int], spatial_scale: float
 ) -> Tensor:
     """RoI max pooling of ``features (N, C, H, W)`` over ``rois (R, 5)`` -> ``(R, C, h, w)``."""
+    if torch.compiler.is_exporting():
+        return torch.ops.rcnn.roi_pool(features, rois, list(pair(output_size)), spatial_scale)
     image_index = check_rois(features, rois)
     h, w = pair(output_size)
     cells = project_rois(rois[:, 1:], spatial_scale)  # (R, 4) [x1, y1, x2, y2]
@@ -49,6 +55,19 @@ def roi_pool(
     rows = _roi_bins(cells[:, 1], cells[:, 3], h, height)
     cols = _roi_bins(cells[:, 0], cells[:, 2], w, width)
     return max_over_bins(features, image_index, rows, cols)
+
+
+@torch.library.custom_op("rcnn::roi_pool", mutates_args=())
+def _roi_pool_op(
+    features: Tensor, rois: Tensor, output_size: list[int], spatial_scale: float
+) -> Tensor:
+    """``roi_pool`` as one node of an exported graph (inference only: no gradient)."""
+    return roi_pool(features, rois, tuple(output_size), spatial_scale)
+
+
+@_roi_pool_op.register_fake
+def _(features, rois, output_size, spatial_scale):
+    return features.new_empty(pooled_shape(features, rois, output_size))
 
 
 def _roi_bins(start: Tensor, end: Tensor, bins: int, limit: int) -> Tensor:

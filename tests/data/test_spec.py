@@ -25,9 +25,27 @@ def test_each_scheme_opens_its_reader(make_voc, tmp_path):
     assert coco.split == "val2017" and len(coco) == 0
 
 
-@pytest.mark.parametrize("spec", ["shape", "voc", "voc:", "coco:", "shapes:x", "imagenet:/data"])
+def test_shapes_spec_sets_split_sizes():
+    assert len(open_dataset("shapes:train=7,test=3", "train")) == 7
+    assert len(open_dataset("shapes:train=7,test=3", "test")) == 3
+    assert len(open_dataset("shapes:train=7", "val")) == 300  # the default
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "shape",
+        "voc",
+        "voc:",
+        "coco:",
+        "shapes:x",
+        "shapes:train=-1",
+        "shapes:tran=4",
+        "imagenet:/d",
+    ],
+)
 def test_unknown_specs_say_what_is_expected(spec):
-    with pytest.raises(RcnnError, match=r"expected shapes, voc:DIR or coco:ANNOTATIONS.json"):
+    with pytest.raises(RcnnError, match=r"expected shapes(:SPLIT=N|\[:SPLIT=N,\.\.\.\], voc:DIR)"):
         open_dataset(spec, "train")
 
 
