@@ -13,8 +13,9 @@ import shutil
 from pathlib import Path
 
 from rcnn import checkpoint
+from rcnn.classic.proposal_cache import DEFAULT_CACHE_DIR, proposals_for
 from rcnn.config import load_file, merge, parse_overrides
-from rcnn.data.dataset import DetectionDataset
+from rcnn.data.dataset import DetectionDataset, WithProposals
 from rcnn.data.images import decode_image
 from rcnn.data.spec import open_dataset
 from rcnn.detector import CONFIG, WEIGHTS, Detector, read_run_config, write_run_config
@@ -89,6 +90,9 @@ def train_run(
     if not resume:
         write_run_config(run_dir, config, dataset.class_names, data)
     model = build_model(config, len(dataset.class_names))
+    mode = getattr(model, "proposal_mode", None)
+    if mode is not None:  # selective search on every training image, once, cached
+        dataset = WithProposals(dataset, proposals_for(dataset, mode, DEFAULT_CACHE_DIR))
     trainer = Trainer(model, dataset, config, run_dir, model.pixel_stats, time_budget=time_budget)
     finished = trainer.run(resume)
     checkpoint.save_model(run_dir / WEIGHTS, model, {"finished": finished})
