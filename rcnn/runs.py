@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import sys
 from pathlib import Path
 
 from rcnn import checkpoint
@@ -21,8 +22,9 @@ from rcnn.data.spec import open_dataset
 from rcnn.detector import CONFIG, WEIGHTS, Detector, read_run_config, write_run_config
 from rcnn.errors import RcnnError
 from rcnn.evaluation.report import evaluate_detections, format_table, plot_pr_curves, write_metrics
-from rcnn.inference import detect_dataset
+from rcnn.inference import DatasetDetections, detect_dataset
 from rcnn.models.build import RunConfig, build_model, preset
+from rcnn.svd import compress_fc_layers
 from rcnn.train import CHECKPOINT, Trainer
 from rcnn.visualize import draw_detections, plot_losses
 
@@ -124,12 +126,30 @@ def open_for_run(data: str, split: str, class_names: list[str]) -> DetectionData
     return dataset
 
 
-def evaluate_run(run_dir: Path, data: str, split: str | None = None, workers: int = 2) -> dict:
-    """Detect over a split, print the table, write metrics.json and pr_curves.png."""
+def load_detector(run_dir: Path, svd_ranks: tuple[int, int] | None = None) -> Detector:
+    """The run's detector; with ``svd_ranks``, its fc6 and fc7 replaced by their truncated
+    SVDs (Fast R-CNN section 3.1), what changed said on stderr."""
+    detector = Detector.load(run_dir)
+    if svd_ranks is not None:
+        for line in compress_fc_layers(detector.model, svd_ranks):
+            print(f"truncated SVD: {line}", file=sys.stderr)
+    return detector
+
+
+def evaluate_run(
+    run_dir: Path,
+    data: str,
+    split: str | None = None,
+    workers: int = 2,
+    svd_ranks: tuple[int, int] | None = None,
+) -> dict:
+    """Detect over a split, print the table, write metrics.json and pr_curves.png; with
+    ``svd_ranks`` (fc6 and fc7 compressed) metrics_svd_R6_R7.json and pr_curves_svd_R6_R7.png,
+    so that the uncompressed model's figures stay beside them."""
     split = split or test_split(data)
     if split is None:
         raise RcnnError(f"{data}: no test or val split to evaluate on; name one with --split")
-    detector = Detector.load(run_dir)
+    detector = load_detector(run_dir, svd_ranks)
     dataset = open_for_run(data, split, detector.class_names)
     found = detect_dataset(detector, dataset, workers)
     indices = sorted(found.detections)
@@ -145,9 +165,24 @@ def evaluate_run(run_dir: Path, data: str, split: str | None = None, workers: in
         "proposals_per_image": found.proposals_per_image,
     }
     print(format_table(metrics))
-    write_metrics(run_dir / "metrics.json", metrics)
-    plot_pr_curves(evaluation.voc, detector.class_names, run_dir / "pr_curves.png")
+    if detector.proposal_mode is not None:
+        print(proposal_summary(found, detector.proposal_mode))
+    suffix = ""
+    if svd_ranks is not None:
+        metrics["svd_rank"], suffix = list(svd_ranks), "_svd_{}_{}".format(*svd_ranks)
+    write_metrics(run_dir / f"metrics{suffix}.json", metrics)
+    plot_pr_curves(evaluation.voc, detector.class_names, run_dir / f"pr_curves{suffix}.png")
     return metrics
+
+
+def proposal_summary(found: DatasetDetections, mode: str) -> str:
+    """One line: selective search's proposals and seconds per image, timed apart from the
+    detector (they are computed once per data set and cached)."""
+    return (
+        f"selective search ({mode}), not in the s/image above: "
+        f"{found.proposals_per_image:.0f} proposals and "
+        f"{found.proposal_seconds_per_image:.3f} s per image"
+    )
 
 
 def draw_examples(
@@ -180,9 +215,11 @@ def detect_inputs(
     out: Path | None,
     score: float,
     as_json: bool,
+    svd_ranks: tuple[int, int] | None = None,
 ) -> None:
-    """``rcnn detect``: image files, or one SPEC's split; JSON lines, pictures, or a summary."""
-    detector = Detector.load(run_dir)
+    """``rcnn detect``: image files, or one SPEC's split; JSON lines, pictures, or a summary;
+    with ``svd_ranks``, by the model with fc6 and fc7 compressed."""
+    detector = load_detector(run_dir, svd_ranks)
     for path, image, detections in _detections_of(detector, inputs, split):
         keep = detections.scores >= score
         boxes, labels, scores = (

@@ -1,11 +1,16 @@
 import copy
 import dataclasses
+import json
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+import rcnn.inference
+import rcnn.runs
 from rcnn.boxes import box_iou, to_rois
+from rcnn.cli import main
 from rcnn.models.build import RunConfig, build_model, preset
 from rcnn.models.fast_rcnn import FastRCNN, FastRCNNConfig
 from rcnn.structures import Detections
@@ -152,3 +157,29 @@ def test_roi_align_variant_trains():
     model = FastRCNN(tiny_backbone(), 2, FastRCNNConfig(roi_op="align"))
     history = train_steps(model, batch_of(model, [with_proposals(scene(OBJECTS))]), 3)
     assert all(torch.isfinite(torch.tensor(history)))
+
+
+def test_train_eval_detect_end_to_end_with_cached_proposals(tmp_path, monkeypatch, capsys):
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(rcnn.runs, "DEFAULT_CACHE_DIR", cache)
+    monkeypatch.setattr(rcnn.inference, "DEFAULT_CACHE_DIR", cache)
+    data, run = tmp_path / "shapes", tmp_path / "run"
+    assert main(["data", "shapes", "--out", str(data), "--train", "3", "--test", "2"]) == 0
+    spec = f"voc:{data}"
+    small = ["input.min_sizes=[160]", "input.test_size=160", "input.max_size=256"]
+    settings = [arg for item in [*small, "train.workers=0"] for arg in ("--set", item)]
+    train = ["train", "--model", "fast-rcnn", "--data", spec, "--out", str(run), "--epochs", "1"]
+    assert main([*train, *settings]) == 0
+    assert len(list(cache.glob("*/*.npz"))) == 5  # each image's proposals, computed once
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["proposals_per_image"] > 50 and metrics["proposal_seconds_per_image"] > 0
+    assert main(["eval", str(run), "--data", spec, "--svd-rank", "16,8"]) == 0
+    compressed = json.loads((run / "metrics_svd_16_8.json").read_text())
+    assert compressed["svd_rank"] == [16, 8] and compressed["images"] == 2
+    capsys.readouterr()
+    detect = ["detect", str(run), spec, "--json", "--svd-rank", "16,8", "--score-thresh", "0"]
+    assert main(detect) == 0
+    printed = capsys.readouterr()
+    records = [json.loads(line) for line in printed.out.splitlines()]
+    assert [Path(r["image"]).name for r in records] == ["test_000000.jpg", "test_000001.jpg"]
+    assert "truncated SVD: fc6 256x1568: rank 16" in printed.err

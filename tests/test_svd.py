@@ -2,6 +2,7 @@ import pytest
 import torch
 from torch import nn
 
+from rcnn.cli import main
 from rcnn.errors import RcnnError
 from rcnn.svd import compress_fc_layers, parse_ranks, truncated_svd
 
@@ -89,3 +90,13 @@ def test_parse_ranks(text, ranks):
 def test_parse_ranks_errors_say_what_is_expected(text):
     with pytest.raises(RcnnError, match="expected two positive integers R6,R7"):
         parse_ranks(text)
+
+
+@pytest.mark.parametrize("command", ["eval", "detect"])
+def test_cli_svd_rank_error_is_one_clear_line(command, capsys, tmp_path):
+    where = ["--data", "shapes"] if command == "eval" else ["shapes"]
+    status = main([command, str(tmp_path), *where, "--svd-rank", "64x32"])
+    error = capsys.readouterr().err
+    assert status == 1
+    assert error.startswith("rcnn: error: --svd-rank '64x32': expected two positive integers")
+    assert error.count("\n") == 1
