@@ -95,7 +95,7 @@ def test_compressed_detections_are_close_and_full_rank_ones_equal(trained):
         same = found.labels == label
         iou = box_iou(box[None], found.boxes[same])[0]
         best = iou.argmax()
-        assert iou[best] > 0.9 and abs(found.scores[same][best] - score) < 0.05
+        assert iou[best] > 0.8 and abs(found.scores[same][best] - score) < 0.1
 
 
 def test_hierarchical_sampling_two_images_of_64_rois_a_quarter_foreground():
