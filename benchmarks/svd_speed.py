@@ -10,6 +10,11 @@ small, its 1x1 reduction before them) and fc6 + fc7 alone. CPU milliseconds per 
 (``time.process_time``: steadier than wall time on a shared machine; use one thread), the
 fastest of three passes over the images. mAP with and without SVD: ``rcnn eval RUN --data
 SPEC [--svd-rank R6,R7]``.
+
+Or ``... benchmarks/svd_speed.py --backbone NAME R6,R7 [ROIS]`` (e.g. ``--backbone vgg16
+1024,256 2000``, the paper's setting): an untrained backbone's per-region layers alone, on
+ROIS (default 2,000) random pooled windows, with the time the factorisation itself takes.
+Speed only: an untrained layer's singular values say nothing about accuracy.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from rcnn.backbones import build_backbone
 from rcnn.classic.proposal_cache import DEFAULT_CACHE_DIR, proposals_for
 from rcnn.data.dataset import WithProposals
 from rcnn.data.transforms import make_batch
@@ -101,5 +107,31 @@ def main(run: str, spec: str, ranks_text: str, count: str = "50") -> None:
     print(f"head share {share:.0%} (plain), forward {speedup:.2f}x faster with SVD")
 
 
+@torch.no_grad()
+def backbone_head(name: str, ranks_text: str, rois: str = "2000") -> None:
+    """CPU ms of backbone ``name``'s per-region layers on ``rois`` pooled windows, plain and
+    compressed (fastest of PASSES), and the CPU seconds the factorisation takes."""
+    torch.manual_seed(0)
+    backbone = build_backbone(name)
+    head = backbone.head.eval()
+    p = backbone.pool_size
+    pooled = torch.randn(int(rois), backbone.out_channels, p, p)
+    started = time.process_time()
+    compressed = copy.deepcopy(head)
+    for line in compress_fc_layers(compressed, parse_ranks(ranks_text)):
+        print(f"truncated SVD: {line}")
+    print(f"factorisation: {time.process_time() - started:.1f} CPU s, {rois} RoIs")
+    for label, module in (("plain", head), (f"svd {ranks_text}", compressed)):
+        fastest = float("inf")
+        for _ in range(PASSES):
+            started = time.process_time()
+            module(pooled)
+            fastest = min(fastest, time.process_time() - started)
+        print(f"{name} per-region layers, {label}: {1e3 * fastest:.0f} CPU ms")
+
+
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    if sys.argv[1] == "--backbone":
+        backbone_head(*sys.argv[2:])
+    else:
+        main(*sys.argv[1:])
