@@ -9,6 +9,10 @@ from pathlib import Path
 from rcnn.errors import RcnnError
 
 MODELS = ("rcnn", "sppnet", "fast-rcnn", "faster-rcnn")
+SVD_HELP = (
+    "compress fc6 and fc7 by truncated SVD, keeping R6 and R7 singular values "
+    "(e.g. 1024,256 for vgg16, 64,32 for small)"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run")
     evaluate.add_argument("--data", required=True)
     evaluate.add_argument("--split", default=None, help="default: test, falling back to val")
+    evaluate.add_argument("--svd-rank", default=None, metavar="R6,R7", help=SVD_HELP)
 
     detect = commands.add_parser(
         "detect", help="detect objects in images, folders of images or a data set split"
@@ -72,7 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("inputs", nargs="+", metavar="IMAGE_OR_SPEC")
     detect.add_argument("--split", default=None)
     detect.add_argument("--out", default=None, help="directory for pictures")
-    detect.add_argument("--score-thresh", type=float, default=0.5)
+    detect.add_argument(
+        "--score-thresh",
+        type=float,
+        default=None,
+        help="show detections from this score (default 0.5; 0 for R-CNN/SPPNet's SVM margins)",
+    )
     detect.add_argument("--json", action="store_true", help="one JSON object per image")
     detect.add_argument(
         "--coco-json",
@@ -80,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="write every detection as COCO results (ids listed in FILE.images.json unless coco:)",
     )
+    detect.add_argument("--svd-rank", default=None, metavar="R6,R7", help=SVD_HELP)
 
     proposals = commands.add_parser("proposals", help="region proposals of an image or data set")
     proposals.add_argument("input", metavar="IMAGE_OR_SPEC")
@@ -155,18 +166,22 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from rcnn.runs import evaluate_run
+    from rcnn.svd import parse_ranks
 
-    evaluate_run(Path(args.run), args.data, args.split)
+    ranks = None if args.svd_rank is None else parse_ranks(args.svd_rank)
+    evaluate_run(Path(args.run), args.data, args.split, svd_ranks=ranks)
     return 0
 
 
 def _detect(args: argparse.Namespace) -> int:
     from rcnn.runs import detect_inputs
+    from rcnn.svd import parse_ranks
 
     out = Path(args.out) if args.out else None
     coco_json = Path(args.coco_json) if args.coco_json else None
+    ranks = None if args.svd_rank is None else parse_ranks(args.svd_rank)
     detect_inputs(
-        Path(args.run), args.inputs, args.split, out, args.score_thresh, args.json, coco_json
+        Path(args.run), args.inputs, args.split, out, args.score_thresh, args.json, coco_json, ranks
     )
     return 0
 

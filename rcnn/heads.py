@@ -128,7 +128,8 @@ class FastRCNNHead(nn.Module):
         logits, deltas = self(features, to_rois(proposals))
         probabilities = torch.softmax(logits, dim=1)  # (R, K+1)
         rois = torch.cat(proposals)
-        boxes = self.coder.decode(deltas, rois).reshape(rois.shape[0], -1, 4)  # (R, K+1, 4)
+        boxes = self.coder.decode(deltas, rois)  # (R, (K+1)*4)
+        boxes = boxes.reshape(rois.shape[0], logits.shape[1], 4)  # -> (R, K+1, 4), also for R = 0
         counts = [p.shape[0] for p in proposals]
         return [
             select_detections(b[:, 1:], s[:, 1:], size, config)  # the background column dropped

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import sys
 from pathlib import Path
 
 from torch import Tensor
@@ -34,6 +35,7 @@ from rcnn.logs import LOG
 from rcnn.models.build import RunConfig, build_model, preset
 from rcnn.pretrain import PretrainConfig, pretrain_backbone, save_backbone
 from rcnn.structures import Annotation, Detections
+from rcnn.svd import compress_fc_layers
 from rcnn.train import CHECKPOINT, Trainer
 from rcnn.visualize import draw_detections, plot_losses
 
@@ -210,21 +212,36 @@ def open_for_run(data: str, split: str, class_names: list[str]) -> DetectionData
     return dataset
 
 
+def load_detector(
+    run_dir: Path, svd_ranks: tuple[int, int] | None = None, device="cpu"
+) -> Detector:
+    """The run's detector on ``device``; with ``svd_ranks``, its fc6 and fc7 replaced by their
+    truncated SVDs (Fast R-CNN section 3.1), what changed said on stderr."""
+    detector = Detector.load(run_dir, device)
+    if svd_ranks is not None:
+        for line in compress_fc_layers(detector.model, svd_ranks):
+            print(f"truncated SVD: {line}", file=sys.stderr)
+    return detector
+
+
 def evaluate_run(
     run_dir: Path,
     data: str,
     split: str | None = None,
     workers: int = 2,
     world: distributed.World | None = None,
+    svd_ranks: tuple[int, int] | None = None,
 ) -> dict | None:
-    """Detect over a split, print the table, write metrics.json and pr_curves.png. Over
-    several processes (torchrun, or ``world``) each detects a shard and rank 0 evaluates them
-    all (the others return None)."""
+    """Detect over a split, print the table, write metrics.json and pr_curves.png; with
+    ``svd_ranks`` (fc6 and fc7 compressed) metrics_svd_R6_R7.json and pr_curves_svd_R6_R7.png,
+    so that the uncompressed model's figures stay beside them. Over several processes
+    (torchrun, or ``world``) each detects a shard and rank 0 evaluates them all (the others
+    return None)."""
     split = split or test_split(data)
     if split is None:
         raise RcnnError(f"{data}: no test or val split to evaluate on; name one with --split")
     world = world or distributed.setup()
-    detector = Detector.load(run_dir, world.device())
+    detector = load_detector(run_dir, svd_ranks, world.device())
     dataset = open_for_run(data, split, detector.class_names)
     found = gather_detections(
         detect_dataset(detector, dataset, workers, shard=(world.rank, world.size)), world
@@ -237,9 +254,24 @@ def evaluate_run(
         "proposals_per_image": found.proposals_per_image,
     }
     print(format_table(metrics))
-    write_metrics(run_dir / "metrics.json", metrics)
-    plot_pr_curves(evaluation.voc, detector.class_names, run_dir / "pr_curves.png")
+    if detector.proposal_mode is not None:
+        print(proposal_summary(found, detector.proposal_mode))
+    suffix = ""
+    if svd_ranks is not None:
+        metrics["svd_rank"], suffix = list(svd_ranks), "_svd_{}_{}".format(*svd_ranks)
+    write_metrics(run_dir / f"metrics{suffix}.json", metrics)
+    plot_pr_curves(evaluation.voc, detector.class_names, run_dir / f"pr_curves{suffix}.png")
     return metrics
+
+
+def proposal_summary(found: DatasetDetections, mode: str) -> str:
+    """One line: selective search's proposals and seconds per image, timed apart from the
+    detector (they are computed once per data set and cached)."""
+    return (
+        f"selective search ({mode}), not in the s/image above: "
+        f"{found.proposals_per_image:.0f} proposals and "
+        f"{found.proposal_seconds_per_image:.3f} s per image"
+    )
 
 
 def draw_examples(
@@ -270,14 +302,18 @@ def detect_inputs(
     inputs: list[str],
     split: str | None,
     out: Path | None,
-    score: float,
+    score: float | None,
     as_json: bool,
     coco_json: Path | None = None,
+    svd_ranks: tuple[int, int] | None = None,
 ) -> None:
     """``rcnn detect``: image files, folders of them, or one SPEC's split; JSON lines,
-    pictures or a summary of the detections above ``score``, and with ``coco_json`` every
-    detection in COCO's results format (see ``write_coco_detections``)."""
-    detector = Detector.load(run_dir)
+    pictures or a summary of the detections above ``score`` (default: the detector's display
+    threshold), and with ``coco_json`` every
+    detection in COCO's results format (see ``write_coco_detections``); with ``svd_ranks``,
+    by the model with fc6 and fc7 compressed."""
+    detector = load_detector(run_dir, svd_ranks)
+    score = detector.display_threshold if score is None else score
     dataset = _spec_split(detector, inputs, split)
     found = []  # (index, path, (H, W), Detections) per image, for the COCO results
     for index, path, image, detections in _detections_of(detector, inputs, dataset):

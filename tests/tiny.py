@@ -2,6 +2,7 @@
 rcnn.backbones.Backbone: trunk, head, sizes, pixel statistics)."""
 
 import itertools
+from collections import OrderedDict
 from types import SimpleNamespace
 
 from torch import nn
@@ -12,12 +13,14 @@ def tiny_backbone(channels: int = 32, representation: int = 64) -> SimpleNamespa
     layers = []
     for c_in, c_out in itertools.pairwise(widths):
         layers += [nn.Conv2d(c_in, c_out, 3, 2, 1), nn.GroupNorm(4, c_out), nn.ReLU()]
-    head = nn.Sequential(
-        nn.Flatten(),
-        nn.Linear(channels * 49, representation),
-        nn.ReLU(),
-        nn.Linear(representation, representation),
-        nn.ReLU(),
+    head = nn.Sequential(  # named as the real backbones' heads (truncated SVD finds fc6, fc7)
+        OrderedDict(
+            flatten=nn.Flatten(),
+            fc6=nn.Linear(channels * 49, representation),
+            relu6=nn.ReLU(),
+            fc7=nn.Linear(representation, representation),
+            relu7=nn.ReLU(),
+        )
     )
     return SimpleNamespace(
         trunk=nn.Sequential(*layers),

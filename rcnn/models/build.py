@@ -15,6 +15,7 @@ from torch import nn
 
 from rcnn.anchors import AnchorConfig
 from rcnn.backbones import build_backbone
+from rcnn.models.fast_rcnn import FastRCNN, FastRCNNConfig
 from rcnn.models.faster_rcnn import FasterRCNN, FasterRCNNConfig
 from rcnn.models.rcnn import RCNN, RCNNConfig
 from rcnn.models.sppnet import SPPNet, SPPNetConfig
@@ -48,6 +49,7 @@ class RunConfig:
     pretrained: str | None = None
     input: InputConfig = field(default_factory=InputConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    fast_rcnn: FastRCNNConfig = field(default_factory=FastRCNNConfig)
     faster_rcnn: FasterRCNNConfig = field(default_factory=FasterRCNNConfig)
     rcnn: RCNNConfig = field(default_factory=RCNNConfig)
     sppnet: SPPNetConfig = field(default_factory=SPPNetConfig)
@@ -58,17 +60,20 @@ def preset(model: ModelName, backbone: str) -> RunConfig:
     for the small CPU backbone, settings for ~320 px images with objects from ~12 px: R-CNN
     warps regions to 112 x 112 (the small trunk's 7 x 7 map, its pool5 grid; VGG16's 224
     would cost 4x); SPPNet trains its trunk first ("pretrain"), as there is no ImageNet
-    model to start from, without dropout, as the small head has none."""
+    model to start from, without dropout, as the small head has none. Fast R-CNN keeps the
+    paper's 2 images a mini-batch (hierarchical sampling, 2 x 64 RoIs) on every backbone, at
+    half the small backbone's 4-image learning rate."""
     config = RunConfig(model=model, backbone=backbone)
     if backbone != "small":
         return config
+    images, rate = (2, 0.01) if model == "fast-rcnn" else (4, 0.02)
     return dataclasses.replace(
         config,
         input=InputConfig(min_sizes=(320,), max_size=512, test_size=320),
         train=TrainConfig(
             epochs=20,
-            images_per_batch=4,
-            learning_rate=0.02,
+            images_per_batch=images,
+            learning_rate=rate,
             warmup_iterations=100,
             lr_steps=(0.75, 0.92),
         ),
@@ -94,6 +99,8 @@ def build_model(config: RunConfig, num_classes: int, load_pretrained: bool = Tru
     backbone's frozen layers), for weights that a checkpoint will fill."""
     pretrained = config.pretrained if load_pretrained else None
     backbone = build_backbone(config.backbone, pretrained, frozen=config.pretrained is not None)
+    if config.model == "fast-rcnn":
+        return FastRCNN(backbone, num_classes, config.fast_rcnn)
     if config.model == "faster-rcnn":
         return FasterRCNN(backbone, num_classes, config.faster_rcnn)
     if config.model == "rcnn":
