@@ -76,8 +76,10 @@ class COCODataset(FileDataset):
                 entry = _entry(item)
                 coco_id = _field(entry, "id", int)
                 size = (_field(entry, "height", int), _field(entry, "width", int))
-                if coco_id in out or min(size) <= 0:
-                    raise _EntryError("repeated id" if coco_id in out else "zero or negative size")
+                if coco_id in out:
+                    raise _EntryError("repeated id")
+                if problem := self.size_problem(size):
+                    raise _EntryError(problem)
                 out[coco_id] = (_field(entry, "file_name", str), size)
             except _EntryError as error:
                 self.bad_sample(self.annotation_file, f"images[{j}]: {error}")
@@ -139,7 +141,7 @@ def _load_json(path: str) -> dict:
             content = json.load(f)
     except FileNotFoundError:
         raise RcnnError(f"coco:{path}: no such annotation file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except (ValueError, RecursionError) as error:  # also bad UTF-8, over-long or deep values
         raise BadSampleError(path, f"not valid JSON ({error})") from None
     if not isinstance(content, dict):
         raise BadSampleError(path, "expected a JSON object with images, annotations, categories")
@@ -174,5 +176,8 @@ def _xywh_to_xyxy(bbox: list) -> tuple[float, float, float, float]:
         isinstance(v, int | float) and not isinstance(v, bool) for v in bbox
     ):
         raise _EntryError(f"'bbox' is {bbox!r}, expected [x, y, width, height] numbers")
-    x, y, w, h = (float(v) for v in bbox)
+    try:
+        x, y, w, h = (float(v) for v in bbox)
+    except OverflowError:  # JSON integers have no limit; floats do
+        raise _EntryError(f"'bbox' is {bbox!r}, a number too large for a pixel") from None
     return x, y, x + w, y + h

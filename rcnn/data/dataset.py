@@ -163,6 +163,17 @@ class FileDataset(DetectionDataset):
     def annotation(self, i: int) -> Annotation:
         return self.records[i].annotation
 
+    def size_problem(self, size: tuple[int, int]) -> str | None:
+        """Why an annotation's stated image size ``(H, W)`` cannot be right, or None."""
+        height, width = size
+        if height <= 0 or width <= 0:
+            return f"image size {height}x{width} (HxW) is not positive"
+        if height * width > self.max_pixels:
+            return (
+                f"image size {height}x{width} (HxW) is over the limit of {self.max_pixels} pixels"
+            )
+        return None
+
     def load_image(self, i: int) -> Tensor:
         record = self.records[i]
         image = decode_image(record.path, self.max_pixels)

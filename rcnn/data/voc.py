@@ -194,6 +194,9 @@ class VOCDataset(FileDataset):
         if not os.path.isfile(path):
             self.bad_sample(path, "image file not found")
             return None
+        if problem := self.size_problem(size):
+            self.bad_sample(xml, f"<size>: {problem}")
+            return None
         for problem in parsed.problems:
             self.bad_sample(xml, problem)
         return ImageRecord(image_id, path, size, self._annotation(xml, parsed.objects, size))
