@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", default=None, help="TOML file of settings")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     train.add_argument("--resume", action="store_true")
+    _add_on_bad_sample(train)
 
     pretrain = commands.add_parser(
         "pretrain", help="pre-train a backbone as a classifier of warped regions (R-CNN 2.3)"
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run")
     evaluate.add_argument("--data", required=True)
     evaluate.add_argument("--split", default=None, help="default: test, falling back to val")
+    _add_on_bad_sample(evaluate)
 
     detect = commands.add_parser("detect", help="detect objects in images or a data set split")
     detect.add_argument("run")
@@ -67,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--out", default=None, help="directory for pictures")
     detect.add_argument("--score-thresh", type=float, default=0.5)
     detect.add_argument("--json", action="store_true", help="one JSON object per image")
+    _add_on_bad_sample(detect)
 
     proposals = commands.add_parser("proposals", help="region proposals of an image or data set")
     proposals.add_argument("input", metavar="IMAGE_OR_SPEC")
@@ -93,6 +96,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_on_bad_sample(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--on-bad-sample",
+        choices=("error", "skip"),
+        default="error",
+        help="a bad annotation or image: stop with an error naming it (default) or skip it "
+        "with a warning; training skips undecodable images either way and counts them",
+    )
+
+
 def _data(args: argparse.Namespace) -> int:
     """``rcnn data shapes``: write the built-in set in the VOC layout."""
     from rcnn.data.shapes import DEFAULT_SIZES, ShapesDataset
@@ -117,7 +130,14 @@ def _train(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         pretrained=args.pretrained,
     )
-    train_run(config, args.data, Path(args.out), resume=args.resume, time_budget=args.time_budget)
+    train_run(
+        config,
+        args.data,
+        Path(args.out),
+        resume=args.resume,
+        time_budget=args.time_budget,
+        on_bad_sample=args.on_bad_sample,
+    )
     return 0
 
 
@@ -131,7 +151,7 @@ def _pretrain(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from rcnn.runs import evaluate_run
 
-    evaluate_run(Path(args.run), args.data, args.split)
+    evaluate_run(Path(args.run), args.data, args.split, on_bad_sample=args.on_bad_sample)
     return 0
 
 
@@ -139,7 +159,15 @@ def _detect(args: argparse.Namespace) -> int:
     from rcnn.runs import detect_inputs
 
     out = Path(args.out) if args.out else None
-    detect_inputs(Path(args.run), args.inputs, args.split, out, args.score_thresh, args.json)
+    detect_inputs(
+        Path(args.run),
+        args.inputs,
+        args.split,
+        out,
+        args.score_thresh,
+        args.json,
+        args.on_bad_sample,
+    )
     return 0
 
 

@@ -2,7 +2,8 @@
 
 A run directory holds config.json (resolved configuration and class names), log.jsonl (losses
 and evaluations), checkpoint.safetensors (the latest state, for --resume), model.safetensors
-(the final weights), loss.png, metrics.json, pr_curves.png and detections/ (pictures).
+(the final weights), skipped.json (the bad samples the run skipped), loss.png, metrics.json,
+pr_curves.png and detections/ (pictures).
 """
 
 from __future__ import annotations
@@ -10,7 +11,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import sys
 from pathlib import Path
+
+import torch
 
 from rcnn import checkpoint
 from rcnn.backbones import build_backbone
@@ -19,8 +23,9 @@ from rcnn.data.dataset import DetectionDataset
 from rcnn.data.images import decode_image
 from rcnn.data.spec import open_dataset
 from rcnn.detector import CONFIG, WEIGHTS, Detector, read_run_config, write_run_config
-from rcnn.errors import RcnnError
+from rcnn.errors import BadSampleError, RcnnError
 from rcnn.evaluation.report import evaluate_detections, format_table, plot_pr_curves, write_metrics
+from rcnn.files import write_json
 from rcnn.inference import detect_dataset
 from rcnn.models.build import RunConfig, build_model, preset
 from rcnn.pretrain import PretrainConfig, pretrain_backbone, save_backbone
@@ -28,6 +33,7 @@ from rcnn.train import CHECKPOINT, Trainer
 from rcnn.visualize import draw_detections, plot_losses
 
 MIN_FREE_BYTES = 1 << 30  # refuse to start training with less free disk than this
+SKIPPED = "skipped.json"
 
 
 def resolve_config(
@@ -101,39 +107,76 @@ def train_run(
     run_dir: Path,
     resume: bool = False,
     time_budget: float | None = None,
+    on_bad_sample: str = "error",
 ) -> dict | None:
     """Train (or resume) a run, save its final weights and loss curve, evaluate it on the
-    test split when the data set has one; returns the metrics (None without a test split)."""
+    test split when the data set has one; returns the metrics (None without a test split).
+
+    on_bad_sample: "error" stops at a bad annotation when the data set is opened, "skip"
+    leaves it out; images that cannot be decoded during training are skipped either way.
+    What was skipped is summed up at the end and listed in RUN/skipped.json."""
     prepare_run_dir(run_dir, resume)
     if resume:
         config, _ = read_run_config(run_dir)
-    dataset = open_dataset(data, "train")
+    dataset = open_dataset(data, "train", on_bad_sample=on_bad_sample)
     if not resume:
         write_run_config(run_dir, config, dataset.class_names, data)
+    # the seed fixes the initial weights and (until a resume restores its state) the target
+    # layers' sampling: two runs with one seed end with the same weights on the CPU
+    torch.manual_seed(config.train.seed)
     model = build_model(config, len(dataset.class_names))
     trainer = Trainer(model, dataset, config, run_dir, model.pixel_stats, time_budget=time_budget)
     finished = trainer.run(resume)
     checkpoint.save_model(run_dir / WEIGHTS, model, {"finished": finished})
+    report_skipped(run_dir / SKIPPED, dataset.skipped, trainer.skipped_images)
     plot_losses(run_dir / "log.jsonl", run_dir / "loss.png")
-    test = test_split(data)
-    return evaluate_run(run_dir, data, test) if test else None
+    test = test_split(data, on_bad_sample)
+    return evaluate_run(run_dir, data, test, on_bad_sample=on_bad_sample) if test else None
 
 
-def test_split(data: str) -> str | None:
-    """The split evaluation uses by default: test, falling back to val."""
+def report_skipped(
+    path: Path, opened: list[tuple[str, str]], training: dict[tuple[str, str], int]
+) -> None:
+    """Write what a run skipped to ``path`` (JSON: ``opened``, the entries left out when the
+    data set was opened; ``training``, the images that failed to decode, with how often) and
+    say it in one line when anything was."""
+    write_json(
+        path,
+        {
+            "opened": [{"path": p, "problem": q} for p, q in opened],
+            "training": [{"path": p, "problem": q, "times": n} for (p, q), n in training.items()],
+        },
+    )
+    if opened or training:
+        print(
+            f"rcnn: skipped {len(opened)} bad annotation entries when the data set was opened "
+            f"and {len(training)} images that could not be decoded during training; "
+            f"listed in {path}",
+            file=sys.stderr,
+        )
+
+
+def test_split(data: str, on_bad_sample: str = "error") -> str | None:
+    """The split evaluation uses by default: test, falling back to val; None when neither
+    has images. A split that holds bad samples is an error (with on_bad_sample="error"), not
+    a reason to fall back."""
     for split in ("test", "val"):
         try:
-            open_dataset(data, split)
-            return split
+            if len(open_dataset(data, split, on_bad_sample=on_bad_sample)) > 0:
+                return split
+        except BadSampleError:
+            raise
         except RcnnError:
             continue
     return None
 
 
-def open_for_run(data: str, split: str, class_names: list[str]) -> DetectionDataset:
+def open_for_run(
+    data: str, split: str, class_names: list[str], on_bad_sample: str = "error"
+) -> DetectionDataset:
     """A split to evaluate or detect on, checked to have the run's classes."""
     options = {"class_names": class_names} if data.startswith("voc:") else {}
-    dataset = open_dataset(data, split, **options)
+    dataset = open_dataset(data, split, on_bad_sample=on_bad_sample, **options)
     if list(dataset.class_names) != list(class_names):
         found = list(dataset.class_names)
         raise RcnnError(
@@ -142,13 +185,20 @@ def open_for_run(data: str, split: str, class_names: list[str]) -> DetectionData
     return dataset
 
 
-def evaluate_run(run_dir: Path, data: str, split: str | None = None, workers: int = 2) -> dict:
-    """Detect over a split, print the table, write metrics.json and pr_curves.png."""
-    split = split or test_split(data)
+def evaluate_run(
+    run_dir: Path,
+    data: str,
+    split: str | None = None,
+    workers: int = 2,
+    on_bad_sample: str = "error",
+) -> dict:
+    """Detect over a split, print the table, write metrics.json and pr_curves.png. With
+    on_bad_sample="skip", bad entries and images that cannot be decoded are left out."""
+    split = split or test_split(data, on_bad_sample)
     if split is None:
         raise RcnnError(f"{data}: no test or val split to evaluate on; name one with --split")
     detector = Detector.load(run_dir)
-    dataset = open_for_run(data, split, detector.class_names)
+    dataset = open_for_run(data, split, detector.class_names, on_bad_sample)
     found = detect_dataset(detector, dataset, workers)
     indices = sorted(found.detections)
     evaluation = evaluate_detections(
@@ -198,10 +248,12 @@ def detect_inputs(
     out: Path | None,
     score: float,
     as_json: bool,
+    on_bad_sample: str = "error",
 ) -> None:
-    """``rcnn detect``: image files, or one SPEC's split; JSON lines, pictures, or a summary."""
+    """``rcnn detect``: image files, or one SPEC's split; JSON lines, pictures, or a summary.
+    on_bad_sample applies to a SPEC's split (image files named one by one must all load)."""
     detector = Detector.load(run_dir)
-    for path, image, detections in _detections_of(detector, inputs, split):
+    for path, image, detections in _detections_of(detector, inputs, split, on_bad_sample):
         keep = detections.scores >= score
         boxes, labels, scores = (
             detections.boxes[keep],
@@ -226,11 +278,11 @@ def detect_inputs(
             picture.save(out / f"{Path(path).stem}.png")
 
 
-def _detections_of(detector: Detector, inputs: list[str], split: str | None):
+def _detections_of(detector: Detector, inputs: list[str], split: str | None, on_bad_sample: str):
     """(path, image, Detections) for each image file, or for each image of a SPEC's split."""
     if len(inputs) == 1 and is_spec(inputs[0]):
-        split = split or test_split(inputs[0])
-        dataset = open_for_run(inputs[0], split or "test", detector.class_names)
+        split = split or test_split(inputs[0], on_bad_sample)
+        dataset = open_for_run(inputs[0], split or "test", detector.class_names, on_bad_sample)
         found = detect_dataset(detector, dataset)
         for index in sorted(found.detections):
             yield dataset.image_path(index), dataset.load_image(index), found.detections[index]

@@ -9,7 +9,8 @@ every epoch, and every ``checkpoint_every`` iterations, one checkpoint file is w
 atomically; ``resume`` restores weights, optimizer, random generator and the position in the
 data, so on the CPU a resumed run ends with the same weights as an uninterrupted one. A time
 budget stops the run cleanly (checkpoint first); a loss that stops being finite stops it with
-the stage, epoch and step named.
+the stage, epoch and step named. An image that cannot be decoded is skipped with a warning
+and counted in ``skipped_images`` (kept in the checkpoint), never a crash mid-epoch.
 """
 
 from __future__ import annotations
@@ -145,8 +146,11 @@ class Trainer:
             True,
             config.train.seed,
             config.train.workers,
+            skip_bad=True,  # an image that fails to decode mid-epoch is skipped, not fatal
         )
         self.position = Position()
+        # (path, problem) -> how often it was skipped, over every session of the run
+        self.skipped_images: dict[tuple[str, str], int] = {}
         self.optimizer: torch.optim.Optimizer | None = None
 
     def run(self, resume: bool = False) -> bool:
@@ -216,6 +220,8 @@ class Trainer:
         running: dict[str, float] = {}
         self.model.train()
         for samples in self.loader:
+            for skipped in samples.skipped:
+                self.skipped_images[skipped] = self.skipped_images.get(skipped, 0) + 1
             started = time.perf_counter()
             losses = self.step(samples) if samples else {}
             elapsed = time.perf_counter() - started
@@ -288,6 +294,7 @@ class Trainer:
             "position": asdict(self.position),
             "stage": self.plan.stages[min(self.position.stage, len(self.plan.stages) - 1)],
             "param_groups": groups,
+            "skipped_images": [[*key, times] for key, times in self.skipped_images.items()],
         }
         checkpoint.save(self.run_dir / CHECKPOINT, tensors, meta)
 
@@ -298,6 +305,7 @@ class Trainer:
         self.model.set_stage(meta["stage"])
         checkpoint.load_model(self.run_dir / CHECKPOINT, self.model)
         torch.set_rng_state(tensors["rng.torch"])
+        self.skipped_images = {(p, q): n for p, q, n in meta.get("skipped_images", [])}
         if not meta["param_groups"]:  # saved after a fitted stage: the next stage starts afresh
             return
         self.optimizer = make_optimizer(self.model, self.config.train)
