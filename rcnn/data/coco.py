@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 
-from rcnn.data.dataset import FileDataset, ImageRecord, check_box, make_annotation
+from rcnn.data.dataset import FileDataset, ImageRecord, check_box, make_annotation, path_inside
 from rcnn.data.images import DEFAULT_MAX_PIXELS
 from rcnn.errors import BadSampleError, RcnnError
 
@@ -113,7 +113,12 @@ class COCODataset(FileDataset):
     def _record(self, coco_id: int, image: tuple[str, tuple[int, int]], boxes: list):
         """The record of one image, or None when its file is missing and it is skipped."""
         file_name, size = image
-        path = os.path.join(self.image_dir, file_name)
+        path = path_inside(self.image_dir, file_name)
+        if path is None:
+            self.bad_sample(
+                self.annotation_file, f"file_name {file_name!r} is outside {self.image_dir}"
+            )
+            return None
         if not os.path.isfile(path):
             self.bad_sample(path, "image file not found")
             return None

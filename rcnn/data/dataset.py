@@ -14,6 +14,7 @@ once with the count.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -217,6 +218,14 @@ def make_annotation(boxes: list, labels: list[int], difficult: list[bool]) -> An
         torch.tensor(labels, dtype=torch.int64),
         torch.tensor(difficult, dtype=torch.bool),
     )
+
+
+def path_inside(folder: str, name: str) -> str | None:
+    """``folder/name`` for a relative ``name`` that stays inside ``folder``, else None: an
+    annotation file must not point the reader at any other file on the machine."""
+    if not name or os.path.isabs(name) or os.path.normpath(name).split(os.sep)[0] == "..":
+        return None
+    return os.path.join(folder, name)
 
 
 def _fmt(box: Sequence[float]) -> str:

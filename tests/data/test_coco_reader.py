@@ -219,3 +219,15 @@ def test_fuzzed_files_load_or_name_the_file(tmp_path, content, policy):
     event(f"opened, {sum(len(dataset.annotation(i)) > 0 for i in range(len(dataset)))} with boxes")
     for i in range(len(dataset)):
         assert_valid(dataset.annotation(i), dataset.image_size(i))
+
+
+@pytest.mark.parametrize("name", ["../a.png", "{tmp}/a.png"])
+def test_file_name_cannot_point_outside_the_image_folder(make_coco, tmp_path, name):
+    # a.png exists, one folder up from the image folder
+    images = [{"id": 1, "file_name": name.format(tmp=tmp_path), "width": 60, "height": 40}]
+    path = make_coco(coco(images=[{"id": 1, "file_name": "a.png", "width": 60, "height": 40}]))
+    with open(path, "w") as f:
+        json.dump(coco(images=images), f)
+    (tmp_path / "images").mkdir()
+    with pytest.raises(BadSampleError, match=r"instances.json: file_name .* is outside .*images"):
+        COCODataset(path, str(tmp_path / "images"))

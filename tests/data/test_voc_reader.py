@@ -253,3 +253,12 @@ def assert_valid(annotation, image_size):
     assert (boxes[:, 2] <= width).all() and (boxes[:, 3] <= height).all()
     assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
     assert (annotation.labels >= 1).all()
+
+
+@pytest.mark.parametrize("name", ["../outside.jpg", "{tmp}/outside.jpg", "a/../../outside.jpg"])
+def test_filename_cannot_point_outside_the_image_folder(make_voc, tmp_path, name):
+    name = name.format(tmp=tmp_path / "voc")
+    root = make_voc({"train": {"a": voc_xml([DOG], filename=name)}})
+    shutil.copy(os.path.join(root, "JPEGImages", "a.jpg"), os.path.join(root, "outside.jpg"))
+    with pytest.raises(BadSampleError, match=r"a.xml: <filename> .* is outside .*JPEGImages"):
+        VOCDataset(root, "train")
