@@ -78,8 +78,11 @@ def test_bad_samples_stop_the_run_before_training_or_are_skipped_and_listed(tmp_
     assert "train_000000.xml: object 0" in error and "x2 < x1" in error
     assert not (tmp_path / "strict" / "checkpoint.safetensors").exists()
 
-    with pytest.warns(UserWarning, match="train_000002.jpg"):
+    with pytest.warns(UserWarning) as warned:
         assert main([*train, f"--out={tmp_path / 'run'}", "--on-bad-sample=skip"]) == 0
+    messages = [str(w.message) for w in warned]
+    assert any("skipped 1 bad entries" in m and "train_000000.xml" in m for m in messages)
+    assert any("skipped a bad sample" in m and "train_000002.jpg" in m for m in messages)
     skipped = json.loads((tmp_path / "run" / "skipped.json").read_text())
     ((opened,), (image,)) = skipped["opened"], skipped["training"]
     assert opened["path"].endswith("train_000000.xml") and "x2 < x1" in opened["problem"]
