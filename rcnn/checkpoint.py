@@ -32,7 +32,13 @@ def save(path: str | Path, tensors: dict[str, Tensor], state: dict[str, Any] | N
     metadata = {_STATE_KEY: json.dumps(state or {})}
     contiguous = {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
     data = safetensors_bytes(contiguous, metadata=metadata)
-    atomic_write(path, lambda file: file.write(data))
+    try:
+        atomic_write(path, lambda file: file.write(data))
+    except OSError as error:  # disk full, directory gone or read-only: the old file stays
+        raise RcnnError(
+            f"{path}: could not write ({error.strerror or error}); the previous version of "
+            "the file, if any, is intact"
+        ) from error
 
 
 def load(path: str | Path, prefix: str = "") -> tuple[dict[str, Tensor], dict[str, Any]]:

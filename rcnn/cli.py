@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--channels-last", action="store_true", help="NHWC memory layout")
     train.add_argument("--compile", action="store_true", help="torch.compile the trunk")
+    _add_on_bad_sample(train)
 
     pretrain = commands.add_parser(
         "pretrain", help="pre-train a backbone as a classifier of warped regions (R-CNN 2.3)"
@@ -69,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", required=True)
     evaluate.add_argument("--split", default=None, help="default: test, falling back to val")
     evaluate.add_argument("--svd-rank", default=None, metavar="R6,R7", help=SVD_HELP)
+    _add_on_bad_sample(evaluate)
 
     detect = commands.add_parser(
         "detect", help="detect objects in images, folders of images or a data set split"
@@ -91,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="write every detection as COCO results (ids listed in FILE.images.json unless coco:)",
     )
     detect.add_argument("--svd-rank", default=None, metavar="R6,R7", help=SVD_HELP)
+    _add_on_bad_sample(detect)
 
     proposals = commands.add_parser("proposals", help="region proposals of an image or data set")
     proposals.add_argument("input", metavar="IMAGE_OR_SPEC")
@@ -126,6 +129,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_on_bad_sample(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--on-bad-sample",
+        choices=("error", "skip"),
+        default="error",
+        help="a bad annotation or image: stop with an error naming it (default) or skip it "
+        "with a warning; training skips undecodable images either way and counts them",
+    )
+
+
 def _data(args: argparse.Namespace) -> int:
     """``rcnn data shapes``: write the built-in set in the VOC layout."""
     from rcnn.data.shapes import DEFAULT_SIZES, ShapesDataset
@@ -153,7 +166,14 @@ def _train(args: argparse.Namespace) -> int:
         channels_last=args.channels_last,
         compile=args.compile,
     )
-    train_run(config, args.data, Path(args.out), resume=args.resume, time_budget=args.time_budget)
+    train_run(
+        config,
+        args.data,
+        Path(args.out),
+        resume=args.resume,
+        time_budget=args.time_budget,
+        on_bad_sample=args.on_bad_sample,
+    )
     return 0
 
 
@@ -169,7 +189,9 @@ def _eval(args: argparse.Namespace) -> int:
     from rcnn.svd import parse_ranks
 
     ranks = None if args.svd_rank is None else parse_ranks(args.svd_rank)
-    evaluate_run(Path(args.run), args.data, args.split, svd_ranks=ranks)
+    evaluate_run(
+        Path(args.run), args.data, args.split, svd_ranks=ranks, on_bad_sample=args.on_bad_sample
+    )
     return 0
 
 
@@ -181,7 +203,15 @@ def _detect(args: argparse.Namespace) -> int:
     coco_json = Path(args.coco_json) if args.coco_json else None
     ranks = None if args.svd_rank is None else parse_ranks(args.svd_rank)
     detect_inputs(
-        Path(args.run), args.inputs, args.split, out, args.score_thresh, args.json, coco_json, ranks
+        Path(args.run),
+        args.inputs,
+        args.split,
+        out,
+        args.score_thresh,
+        args.json,
+        coco_json,
+        ranks,
+        args.on_bad_sample,
     )
     return 0
 

@@ -3,7 +3,8 @@
 A run directory holds config.json (resolved configuration and class names), log.jsonl and
 log.csv (losses and evaluations; tensorboard/ too when TensorBoard is installed),
 checkpoint.safetensors (the latest state, for --resume), model.safetensors
-(the final weights), loss.png, metrics.json, pr_curves.png and detections/ (pictures).
+(the final weights), skipped.json (the bad samples the run skipped), loss.png, metrics.json,
+pr_curves.png and detections/ (pictures).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import torch
 from torch import Tensor
 from tqdm import tqdm
 
@@ -26,7 +28,7 @@ from rcnn.data.dataset import DetectionDataset, WithProposals
 from rcnn.data.images import decode_image, image_files
 from rcnn.data.spec import open_dataset
 from rcnn.detector import CONFIG, WEIGHTS, Detector, read_run_config, write_run_config
-from rcnn.errors import RcnnError
+from rcnn.errors import BadSampleError, RcnnError
 from rcnn.evaluation.coco import coco_ground_truth, write_coco_results
 from rcnn.evaluation.report import evaluate_detections, format_table, plot_pr_curves, write_metrics
 from rcnn.files import write_json
@@ -40,6 +42,7 @@ from rcnn.train import CHECKPOINT, Trainer
 from rcnn.visualize import draw_detections, plot_losses
 
 MIN_FREE_BYTES = 1 << 30  # refuse to start training with less free disk than this
+SKIPPED = "skipped.json"
 
 
 def resolve_config(
@@ -116,15 +119,18 @@ def train_run(
     run_dir: Path,
     resume: bool = False,
     time_budget: float | None = None,
+    on_bad_sample: str = "error",
 ) -> dict | None:
     """Train (or resume) a run, save its final weights and loss curve, evaluate it on the
     test split when the data set has one; returns the metrics (None without a test split).
     Started by torchrun, every process trains a share of each batch; rank 0 writes the files
-    and returns the metrics (the others None)."""
+    and returns the metrics (the others None). on_bad_sample: see ``train_model``."""
     world = distributed.setup()
-    train_model(config, data, run_dir, resume, time_budget, world)
-    test = test_split(data)
-    return evaluate_run(run_dir, data, test, world=world) if test else None
+    train_model(config, data, run_dir, resume, time_budget, world, on_bad_sample)
+    test = test_split(data, on_bad_sample)
+    if test is None:
+        return None
+    return evaluate_run(run_dir, data, test, world=world, on_bad_sample=on_bad_sample)
 
 
 def train_model(
@@ -134,34 +140,67 @@ def train_model(
     resume: bool = False,
     time_budget: float | None = None,
     world: distributed.World | None = None,
+    on_bad_sample: str = "error",
 ) -> None:
     """Train (or resume) a run; save its final weights and loss curve in ``run_dir`` (rank 0
-    of several processes; the others train their share and write nothing)."""
+    of several processes; the others train their share and write nothing).
+
+    on_bad_sample: "error" stops at a bad annotation when the data set is opened, "skip"
+    leaves it out; images that cannot be decoded during training are skipped either way.
+    What was skipped is summed up at the end and listed in RUN/skipped.json."""
     world = world or distributed.setup()
     if world.is_main:
         prepare_run_dir(run_dir, resume)
     distributed.barrier(world)
     if resume:
         config, _ = read_run_config(run_dir)
-    dataset = open_dataset(data, "train")
+    dataset = open_dataset(data, "train", on_bad_sample=on_bad_sample)
     if not resume and world.is_main:
         write_run_config(run_dir, config, dataset.class_names, data)
+    # the seed fixes the initial weights and (until a resume restores its state) the target
+    # layers' sampling: two runs with one seed end with the same weights on the CPU
+    torch.manual_seed(config.train.seed)
     model = build_model(config, len(dataset.class_names))
+    skipped_on_opening = dataset.skipped
     mode = getattr(model, "proposal_mode", None)  # R-CNN, SPPNet, Fast R-CNN: selective search
     if mode is not None:
         dataset = WithProposals(dataset, proposals_for(dataset, mode, DEFAULT_CACHE_DIR))
-    test = test_split(data)
+    test = test_split(data, on_bad_sample)
     evaluate = None
     if test and config.train.eval_every > 0:  # mAP50 during training, for the curve
-        evaluate = evaluator(config, open_for_run(data, test, dataset.class_names), world)
+        test_set = open_for_run(data, test, dataset.class_names, on_bad_sample)
+        evaluate = evaluator(config, test_set, world)
     trainer = Trainer(
         model, dataset, config, run_dir, model.pixel_stats, evaluate, time_budget, world
     )
     finished = trainer.run(resume)
     if world.is_main:
         checkpoint.save_model(run_dir / WEIGHTS, trainer.model, {"finished": finished})
+        report_skipped(run_dir / SKIPPED, skipped_on_opening, trainer.skipped_images)
         plot_losses(run_dir / LOG, run_dir / "loss.png")
     distributed.barrier(world)
+
+
+def report_skipped(
+    path: Path, opened: list[tuple[str, str]], training: dict[tuple[str, str], int]
+) -> None:
+    """Write what a run skipped to ``path`` (JSON: ``opened``, the entries left out when the
+    data set was opened; ``training``, the images that failed to decode, with how often) and
+    say it in one line when anything was."""
+    write_json(
+        path,
+        {
+            "opened": [{"path": p, "problem": q} for p, q in opened],
+            "training": [{"path": p, "problem": q, "times": n} for (p, q), n in training.items()],
+        },
+    )
+    if opened or training:
+        print(
+            f"rcnn: skipped {len(opened)} bad annotation entries when the data set was opened "
+            f"and {len(training)} images that could not be decoded during training; "
+            f"listed in {path}",
+            file=sys.stderr,
+        )
 
 
 def evaluator(config: RunConfig, test_set: DetectionDataset, world: distributed.World):
@@ -189,21 +228,27 @@ def score(found: DatasetDetections, dataset: DetectionDataset):
     )
 
 
-def test_split(data: str) -> str | None:
-    """The split evaluation uses by default: test, falling back to val."""
+def test_split(data: str, on_bad_sample: str = "error") -> str | None:
+    """The split evaluation uses by default: test, falling back to val; None when neither
+    has images. A split that holds bad samples is an error (with on_bad_sample="error"), not
+    a reason to fall back."""
     for split in ("test", "val"):
         try:
-            open_dataset(data, split)
-            return split
+            if len(open_dataset(data, split, on_bad_sample=on_bad_sample)) > 0:
+                return split
+        except BadSampleError:
+            raise
         except RcnnError:
             continue
     return None
 
 
-def open_for_run(data: str, split: str, class_names: list[str]) -> DetectionDataset:
+def open_for_run(
+    data: str, split: str, class_names: list[str], on_bad_sample: str = "error"
+) -> DetectionDataset:
     """A split to evaluate or detect on, checked to have the run's classes."""
     options = {"class_names": class_names} if data.startswith("voc:") else {}
-    dataset = open_dataset(data, split, **options)
+    dataset = open_dataset(data, split, on_bad_sample=on_bad_sample, **options)
     if list(dataset.class_names) != list(class_names):
         found = list(dataset.class_names)
         raise RcnnError(
@@ -231,18 +276,20 @@ def evaluate_run(
     workers: int = 2,
     world: distributed.World | None = None,
     svd_ranks: tuple[int, int] | None = None,
+    on_bad_sample: str = "error",
 ) -> dict | None:
-    """Detect over a split, print the table, write metrics.json and pr_curves.png; with
+    """Detect over a split (with on_bad_sample="skip", bad entries and images that cannot be
+    decoded left out), print the table, write metrics.json and pr_curves.png; with
     ``svd_ranks`` (fc6 and fc7 compressed) metrics_svd_R6_R7.json and pr_curves_svd_R6_R7.png,
     so that the uncompressed model's figures stay beside them. Over several processes
     (torchrun, or ``world``) each detects a shard and rank 0 evaluates them all (the others
     return None)."""
-    split = split or test_split(data)
+    split = split or test_split(data, on_bad_sample)
     if split is None:
         raise RcnnError(f"{data}: no test or val split to evaluate on; name one with --split")
     world = world or distributed.setup()
     detector = load_detector(run_dir, svd_ranks, world.device())
-    dataset = open_for_run(data, split, detector.class_names)
+    dataset = open_for_run(data, split, detector.class_names, on_bad_sample)
     found = gather_detections(
         detect_dataset(detector, dataset, workers, shard=(world.rank, world.size)), world
     )
@@ -306,15 +353,17 @@ def detect_inputs(
     as_json: bool,
     coco_json: Path | None = None,
     svd_ranks: tuple[int, int] | None = None,
+    on_bad_sample: str = "error",
 ) -> None:
-    """``rcnn detect``: image files, folders of them, or one SPEC's split; JSON lines,
+    """``rcnn detect``: image files, folders of them, or one SPEC's split (on_bad_sample
+    applies to it; image files named one by one must all load); JSON lines,
     pictures or a summary of the detections above ``score`` (default: the detector's display
     threshold), and with ``coco_json`` every
     detection in COCO's results format (see ``write_coco_detections``); with ``svd_ranks``,
     by the model with fc6 and fc7 compressed."""
     detector = load_detector(run_dir, svd_ranks)
     score = detector.display_threshold if score is None else score
-    dataset = _spec_split(detector, inputs, split)
+    dataset = _spec_split(detector, inputs, split, on_bad_sample)
     found = []  # (index, path, (H, W), Detections) per image, for the COCO results
     for index, path, image, detections in _detections_of(detector, inputs, dataset):
         found.append((index, path, (image.shape[-2], image.shape[-1]), detections))
@@ -352,13 +401,13 @@ def _report(
 
 
 def _spec_split(
-    detector: Detector, inputs: list[str], split: str | None
+    detector: Detector, inputs: list[str], split: str | None, on_bad_sample: str
 ) -> DetectionDataset | None:
     """The split to detect on when the one input is a SPEC, else None (image files)."""
     if len(inputs) != 1 or not is_spec(inputs[0]):
         return None
-    split = split or test_split(inputs[0])
-    return open_for_run(inputs[0], split or "test", detector.class_names)
+    split = split or test_split(inputs[0], on_bad_sample)
+    return open_for_run(inputs[0], split or "test", detector.class_names, on_bad_sample)
 
 
 def _detections_of(detector: Detector, inputs: list[str], dataset: DetectionDataset | None):

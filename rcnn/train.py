@@ -9,7 +9,8 @@ every epoch, and every ``checkpoint_every`` iterations, one checkpoint file is w
 atomically; ``resume`` restores weights, optimizer, random generator and the position in the
 data, so on the CPU a resumed run ends with the same weights as an uninterrupted one. A time
 budget stops the run cleanly (checkpoint first); a loss that stops being finite stops it with
-the stage, epoch and step named.
+the stage, epoch and step named. An image that cannot be decoded is skipped with a warning
+and counted in ``skipped_images`` (kept in the checkpoint), never a crash mid-epoch.
 
 Started by torchrun, the same loop trains data parallel (``rcnn.distributed``): each rank takes
 its share of every batch of ``train.images_per_batch`` images, the logged losses are the
@@ -160,8 +161,11 @@ class Trainer:
             config.train.seed,
             config.train.workers,
             (world.rank, world.size),
+            skip_bad=True,  # an image that fails to decode mid-epoch is skipped, not fatal
         )
         self.position = Position()
+        # (path, problem) -> how often it was skipped, over every session of the run
+        self.skipped_images: dict[tuple[str, str], int] = {}
         self.optimizer: torch.optim.Optimizer | None = None
         amp = config.train.amp and self.device.type == "cuda"  # bfloat16 needs no scaling
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp)
@@ -237,6 +241,8 @@ class Trainer:
         running: dict[str, float] = {}
         self.model.train()
         for samples in self.loader:
+            for skipped in samples.skipped:
+                self.skipped_images[skipped] = self.skipped_images.get(skipped, 0) + 1
             started = time.perf_counter()
             losses = self.step(samples) if samples else {}
             elapsed = distributed.maximum(time.perf_counter() - started, self.world)
@@ -334,6 +340,7 @@ class Trainer:
             "stage": self.plan.stages[min(self.position.stage, len(self.plan.stages) - 1)],
             "param_groups": groups,
             "scaler": self.scaler.state_dict(),
+            "skipped_images": [[*key, times] for key, times in self.skipped_images.items()],
         }
         checkpoint.save(self.run_dir / CHECKPOINT, tensors, meta)
 
@@ -346,6 +353,7 @@ class Trainer:
         torch.set_rng_state(tensors.get(f"rng.torch.{self.world.rank}", tensors["rng.torch"]))
         if meta.get("scaler"):
             self.scaler.load_state_dict(meta["scaler"])
+        self.skipped_images = {(p, q): n for p, q, n in meta.get("skipped_images", [])}
         if not meta["param_groups"]:  # saved after a fitted stage: the next stage starts afresh
             return
         self.optimizer = make_optimizer(self.model, self.config.train)

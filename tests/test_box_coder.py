@@ -46,3 +46,22 @@ def test_empty():
     coder = BoxCoder.fast_rcnn()
     assert coder.encode(torch.zeros(0, 4), torch.zeros(0, 4)).shape == (0, 4)
     assert coder.decode(torch.zeros(0, 8), torch.zeros(0, 4)).shape == (0, 8)
+
+
+@settings(max_examples=100)
+@given(
+    boxes,
+    st.lists(st.tuples(*[st.floats(allow_nan=True, allow_infinity=True)] * 4), min_size=10),
+    st.sampled_from([BoxCoder(), BoxCoder.fast_rcnn()]),
+)
+def test_decode_takes_any_deltas(references, rows, coder):
+    deltas = torch.tensor(rows[: len(references)], dtype=torch.float64)
+    decoded = coder.decode(deltas, references)
+    assert decoded.shape == deltas.shape and decoded.dtype == torch.float64
+    # the clamp keeps every width and height finite or NaN, never negative or infinite
+    widths, heights = decoded[:, 2] - decoded[:, 0], decoded[:, 3] - decoded[:, 1]
+    sane = torch.isfinite(deltas).all(1) & (deltas.abs() < 1e6).all(1)
+    assert torch.isfinite(decoded[sane]).all()
+    assert (widths[sane] >= 0).all() and (heights[sane] >= 0).all()
+    encoded = coder.encode(references[sane], decoded[sane])  # encode what decode made
+    assert encoded.shape == decoded[sane].shape

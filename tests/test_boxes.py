@@ -85,3 +85,26 @@ def test_clip_and_remove_small():
 @given(boxes_strategy)
 def test_center_form_round_trip(boxes):
     torch.testing.assert_close(cxcywh_to_xyxy(xyxy_to_cxcywh(boxes)), boxes)
+
+
+# Fuzzing with any floats, NaN and infinities included: the ops never raise, keep shapes and
+# dtype, and finite boxes still get IoUs in [0, 1].
+any_float = st.floats(allow_nan=True, allow_infinity=True, width=32)
+any_boxes = st.lists(st.tuples(*[any_float] * 4), max_size=6).map(
+    lambda rows: torch.tensor(rows, dtype=torch.float32).reshape(-1, 4)
+)
+
+
+@settings(max_examples=100)
+@given(any_boxes, any_boxes, st.tuples(st.integers(0, 100), st.integers(0, 100)))
+def test_box_ops_take_any_floats(a, b, image_size):
+    iou = box_iou(a, b)
+    assert iou.shape == (len(a), len(b)) and iou.dtype == torch.float32
+    finite = torch.isfinite(a).all(1)[:, None] & torch.isfinite(b).all(1)[None, :]
+    assert ((iou[finite] >= 0) & (iou[finite] <= 1)).all()
+    clipped = clip_boxes(a, image_size)
+    height, width = image_size
+    x, y = clipped[:, 0::2], clipped[:, 1::2]
+    assert clipped.shape == a.shape and not (x < 0).any() and not (x > width).any()
+    assert not (y < 0).any() and not (y > height).any()
+    assert torch.isnan(clipped).eq(torch.isnan(a)).all()  # NaN is kept, never invented

@@ -1,3 +1,4 @@
+import errno
 import os
 
 import pytest
@@ -54,3 +55,20 @@ def test_unreadable_files_are_reported(tmp_path):
     garbage.write_bytes(os.urandom(64))
     with pytest.raises(RcnnError, match="garbage.safetensors: not a readable checkpoint"):
         checkpoint.load(garbage)
+
+
+def test_disk_full_mid_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.safetensors"
+    checkpoint.save(path, {"x": torch.ones(2)}, {"epoch": 1})
+    real_fsync = os.fsync
+
+    def full(fd):  # the data is written, then the disk turns out to be full
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(RcnnError, match=r"checkpoint.safetensors: could not write \(No space"):
+        checkpoint.save(path, {"x": torch.zeros(2)}, {"epoch": 2})
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    tensors, state = checkpoint.load(path)
+    assert state == {"epoch": 1} and torch.equal(tensors["x"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.safetensors"]

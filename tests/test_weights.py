@@ -69,3 +69,24 @@ def test_missing_file_and_directory(tmp_path):
         read_weight_file(tmp_path / "nowhere.pth")
     with pytest.raises(RcnnError, match="is not a file"):
         read_weight_file(tmp_path)
+
+
+class _Payload:
+    """Unpickling this object calls ``open(marker, "w")``: a crafted file's code."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_crafted_pickle_is_refused_and_runs_nothing(tmp_path):
+    marker = tmp_path / "pwned"
+    torch.save({"conv.weight": torch.zeros(1), "payload": _Payload(marker)}, tmp_path / "evil.pth")
+    assert not marker.exists()
+    with pytest.raises(RcnnError, match=r"evil\.pth: refused to load: .*GLOBAL io.open"):
+        read_weight_file(tmp_path / "evil.pth")
+    assert not marker.exists()
+    torch.load(tmp_path / "evil.pth", weights_only=False)  # the unsafe load the file targets
+    assert marker.exists()  # ...would have run it

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 
-from rcnn.data.dataset import FileDataset, ImageRecord, check_box, make_annotation
+from rcnn.data.dataset import FileDataset, ImageRecord, check_box, make_annotation, path_inside
 from rcnn.data.images import DEFAULT_MAX_PIXELS
 from rcnn.errors import BadSampleError, RcnnError
 
@@ -76,8 +76,10 @@ class COCODataset(FileDataset):
                 entry = _entry(item)
                 coco_id = _field(entry, "id", int)
                 size = (_field(entry, "height", int), _field(entry, "width", int))
-                if coco_id in out or min(size) <= 0:
-                    raise _EntryError("repeated id" if coco_id in out else "zero or negative size")
+                if coco_id in out:
+                    raise _EntryError("repeated id")
+                if problem := self.size_problem(size):
+                    raise _EntryError(problem)
                 out[coco_id] = (_field(entry, "file_name", str), size)
             except _EntryError as error:
                 self.bad_sample(self.annotation_file, f"images[{j}]: {error}")
@@ -111,7 +113,12 @@ class COCODataset(FileDataset):
     def _record(self, coco_id: int, image: tuple[str, tuple[int, int]], boxes: list):
         """The record of one image, or None when its file is missing and it is skipped."""
         file_name, size = image
-        path = os.path.join(self.image_dir, file_name)
+        path = path_inside(self.image_dir, file_name)
+        if path is None:
+            self.bad_sample(
+                self.annotation_file, f"file_name {file_name!r} is outside {self.image_dir}"
+            )
+            return None
         if not os.path.isfile(path):
             self.bad_sample(path, "image file not found")
             return None
@@ -139,7 +146,7 @@ def _load_json(path: str) -> dict:
             content = json.load(f)
     except FileNotFoundError:
         raise RcnnError(f"coco:{path}: no such annotation file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except (ValueError, RecursionError) as error:  # also bad UTF-8, over-long or deep values
         raise BadSampleError(path, f"not valid JSON ({error})") from None
     if not isinstance(content, dict):
         raise BadSampleError(path, "expected a JSON object with images, annotations, categories")
@@ -174,5 +181,8 @@ def _xywh_to_xyxy(bbox: list) -> tuple[float, float, float, float]:
         isinstance(v, int | float) and not isinstance(v, bool) for v in bbox
     ):
         raise _EntryError(f"'bbox' is {bbox!r}, expected [x, y, width, height] numbers")
-    x, y, w, h = (float(v) for v in bbox)
+    try:
+        x, y, w, h = (float(v) for v in bbox)
+    except OverflowError:  # JSON integers have no limit; floats do
+        raise _EntryError(f"'bbox' is {bbox!r}, a number too large for a pixel") from None
     return x, y, x + w, y + h

@@ -14,6 +14,7 @@ once with the count.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -163,6 +164,17 @@ class FileDataset(DetectionDataset):
     def annotation(self, i: int) -> Annotation:
         return self.records[i].annotation
 
+    def size_problem(self, size: tuple[int, int]) -> str | None:
+        """Why an annotation's stated image size ``(H, W)`` cannot be right, or None."""
+        height, width = size
+        if height <= 0 or width <= 0:
+            return f"image size {height}x{width} (HxW) is not positive"
+        if height * width > self.max_pixels:
+            return (
+                f"image size {height}x{width} (HxW) is over the limit of {self.max_pixels} pixels"
+            )
+        return None
+
     def load_image(self, i: int) -> Tensor:
         record = self.records[i]
         image = decode_image(record.path, self.max_pixels)
@@ -206,6 +218,14 @@ def make_annotation(boxes: list, labels: list[int], difficult: list[bool]) -> An
         torch.tensor(labels, dtype=torch.int64),
         torch.tensor(difficult, dtype=torch.bool),
     )
+
+
+def path_inside(folder: str, name: str) -> str | None:
+    """``folder/name`` for a relative ``name`` that stays inside ``folder``, else None: an
+    annotation file must not point the reader at any other file on the machine."""
+    if not name or os.path.isabs(name) or os.path.normpath(name).split(os.sep)[0] == "..":
+        return None
+    return os.path.join(folder, name)
 
 
 def _fmt(box: Sequence[float]) -> str:

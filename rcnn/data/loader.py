@@ -17,6 +17,7 @@ from __future__ import annotations
 import random
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -81,39 +82,64 @@ class EpochSampler(Sampler):
         return len(self.shard_order(self.epoch))
 
 
+@dataclass(frozen=True)
+class SkippedSample:
+    """What a loader hands on in place of a sample that could not be loaded."""
+
+    path: str
+    problem: str
+
+
+class Batch(list):
+    """A batch: the list of its Samples; ``skipped`` holds ``(path, problem)`` of the samples
+    left out of it because they could not be loaded (a list, so workers can send it)."""
+
+    skipped: list[tuple[str, str]]
+
+
 class TransformedDataset(Dataset):
     """``dataset[index]`` passed through ``transform``, looked up by ``(epoch, index)`` keys.
 
     The transform gets a ``torch.Generator`` seeded from ``(seed, epoch, index)``, so its
-    random choices repeat exactly. A BadSampleError while decoding is raised, or, when the
-    data set was opened with ``on_bad_sample="skip"``, warned about and the sample replaced
-    by None (``collate_samples`` leaves it out of the batch).
+    random choices repeat exactly. A BadSampleError while decoding is raised, or, with
+    ``skip_bad`` (default: the data set's ``on_bad_sample == "skip"``), warned about and the
+    sample replaced by a SkippedSample (``collate_samples`` leaves it out of the batch).
     """
 
-    def __init__(self, dataset: DetectionDataset, transform: Transform | None = None, seed=0):
+    def __init__(
+        self,
+        dataset: DetectionDataset,
+        transform: Transform | None = None,
+        seed: int = 0,
+        skip_bad: bool | None = None,
+    ):
         self.dataset, self.transform, self.seed = dataset, transform, seed
+        self.skip_bad = dataset.on_bad_sample == "skip" if skip_bad is None else skip_bad
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: tuple[int, int]) -> Sample | None:
+    def __getitem__(self, key: tuple[int, int]) -> Sample | SkippedSample:
         epoch, index = key
         try:
             sample = self.dataset[index]
         except BadSampleError as error:
-            if self.dataset.on_bad_sample != "skip":
+            if not self.skip_bad:
                 raise
             warnings.warn(f"skipped a bad sample: {error}", stacklevel=2)
-            return None
+            return SkippedSample(error.path, error.problem)
         if self.transform is None:
             return sample
         generator = torch.Generator().manual_seed(_mix(self.seed, epoch, index))
         return self.transform(sample, generator)
 
 
-def collate_samples(batch: list[Sample | None]) -> list[Sample]:
-    """A batch is the list of its Samples (images differ in size; the model batches them)."""
-    return [sample for sample in batch if sample is not None]
+def collate_samples(batch: list[Sample | SkippedSample]) -> Batch:
+    """A batch is the list of its Samples (images differ in size; the model batches them),
+    with the skipped ones noted in ``batch.skipped``."""
+    samples = Batch(s for s in batch if isinstance(s, Sample))
+    samples.skipped = [(s.path, s.problem) for s in batch if isinstance(s, SkippedSample)]
+    return samples
 
 
 def seed_worker(worker_id: int) -> None:
@@ -132,13 +158,14 @@ def make_loader(
     seed: int = 0,
     num_workers: int = 0,
     shard: tuple[int, int] = (0, 1),
+    skip_bad: bool | None = None,
 ) -> DataLoader:
-    """A DataLoader of lists of Samples over ``dataset`` with an ``EpochSampler``
+    """A DataLoader of Batches (lists of Samples) over ``dataset`` with an ``EpochSampler``
     (``loader.sampler``) over shard ``shard = (number, of)``, all of it by default. Workers
     stay alive between epochs and load ahead while the model works; the last, smaller batch
-    of an epoch is kept."""
+    of an epoch is kept. ``skip_bad``: see TransformedDataset."""
     return DataLoader(
-        TransformedDataset(dataset, transform, seed),
+        TransformedDataset(dataset, transform, seed, skip_bad),
         batch_size=batch_size,
         sampler=EpochSampler(len(dataset), seed, shuffle, *shard),
         collate_fn=collate_samples,

@@ -19,7 +19,14 @@ import defusedxml.ElementTree as SafeET
 from PIL import Image
 from tqdm import tqdm
 
-from rcnn.data.dataset import DetectionDataset, FileDataset, ImageRecord, check_box, make_annotation
+from rcnn.data.dataset import (
+    DetectionDataset,
+    FileDataset,
+    ImageRecord,
+    check_box,
+    make_annotation,
+    path_inside,
+)
 from rcnn.data.images import DEFAULT_MAX_PIXELS, read_image_size
 from rcnn.errors import BadSampleError, RcnnError
 from rcnn.structures import Annotation
@@ -185,7 +192,11 @@ class VOCDataset(FileDataset):
         if parsed is None:
             return None
         xml = os.path.join(self.root, "Annotations", f"{image_id}.xml")
-        path = os.path.join(self.root, "JPEGImages", parsed.filename or f"{image_id}.jpg")
+        folder = os.path.join(self.root, "JPEGImages")
+        path = path_inside(folder, parsed.filename or f"{image_id}.jpg")
+        if path is None:
+            self.bad_sample(xml, f"<filename> {parsed.filename!r} is outside {folder}")
+            return None
         try:
             size = parsed.size or read_image_size(path, self.max_pixels)
         except BadSampleError as error:
@@ -193,6 +204,9 @@ class VOCDataset(FileDataset):
             return None
         if not os.path.isfile(path):
             self.bad_sample(path, "image file not found")
+            return None
+        if problem := self.size_problem(size):
+            self.bad_sample(xml, f"<size>: {problem}")
             return None
         for problem in parsed.problems:
             self.bad_sample(xml, problem)

@@ -9,6 +9,8 @@ from PIL import Image
 from rcnn.data.images import decode_image, read_image_size
 from rcnn.errors import BadSampleError
 
+from .corpus import corrupt_png_data, truncate
+
 
 def save(tmp_path, name, image, **options):
     path = str(tmp_path / name)
@@ -88,12 +90,21 @@ def test_exif_orientation_is_applied(tmp_path):
     assert image[0, 2, 2] < 50 and image[2, 2, 2] > 200  # top left: blue
 
 
-def test_truncated_jpeg_names_the_file(tmp_path):
+@pytest.mark.parametrize(
+    ("name", "damage", "problem"),
+    [
+        ("cut.jpg", truncate, "corrupt or truncated"),
+        ("cut.png", truncate, "corrupt or truncated"),
+        ("bad.png", corrupt_png_data, "corrupt or truncated"),
+    ],
+)
+def test_truncated_or_corrupt_files_name_the_file(tmp_path, name, damage, problem):
     pixels = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
-    path = tmp_path / "cut.jpg"
+    path = tmp_path / name
     Image.fromarray(pixels).save(path)
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    with pytest.raises(BadSampleError, match=r"cut.jpg.*truncated"):
+    assert decode_image(str(path)).shape == (3, 64, 64)
+    damage(path)
+    with pytest.raises(BadSampleError, match=f"{name}: {problem}"):
         decode_image(str(path))
 
 

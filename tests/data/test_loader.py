@@ -1,7 +1,13 @@
 import pytest
 import torch
 
-from rcnn.data.loader import EpochSampler, TransformedDataset, collate_samples, make_loader
+from rcnn.data.loader import (
+    EpochSampler,
+    SkippedSample,
+    TransformedDataset,
+    collate_samples,
+    make_loader,
+)
 from rcnn.data.shapes import ShapesConfig, ShapesDataset
 from rcnn.data.transforms import TrainTransform
 from rcnn.data.voc import VOCDataset
@@ -51,8 +57,8 @@ def test_a_resumed_run_sees_the_same_samples(workers):
 
 def test_collate_keeps_samples_and_drops_skipped():
     dataset = ShapesDataset("test", size=2, config=SMALL)
-    batch = collate_samples([dataset[0], None, dataset[1]])
-    assert [s.index for s in batch] == [0, 1]
+    batch = collate_samples([dataset[0], SkippedSample("x.jpg", "corrupt"), dataset[1]])
+    assert [s.index for s in batch] == [0, 1] and batch.skipped == [("x.jpg", "corrupt")]
 
 
 def test_bad_image_is_raised_or_skipped_while_loading(make_voc):
@@ -63,7 +69,13 @@ def test_bad_image_is_raised_or_skipped_while_loading(make_voc):
         TransformedDataset(VOCDataset(root, "train"))[(0, 0)]
     skipping = TransformedDataset(VOCDataset(root, "train", on_bad_sample="skip"))
     with pytest.warns(UserWarning, match="a.jpg"):
-        assert skipping[(0, 0)] is None
+        skipped = skipping[(0, 0)]
+    assert skipped.path.endswith("a.jpg") and "not an image" in skipped.problem
+    # a training loader can skip undecodable images whatever the data set's policy, and its
+    # batches carry what was skipped, also from worker processes
+    loader = make_loader(VOCDataset(root, "train"), num_workers=1, skip_bad=True)
+    (batch,) = list(loader)  # the worker warns on its own stderr
+    assert batch == [] and batch.skipped == [(skipped.path, skipped.problem)]
 
 
 def test_without_transform_samples_pass_through():

@@ -1,8 +1,11 @@
 import os
 import shutil
+import warnings
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from rcnn.data.voc import VOCDataset, parse_voc_xml, voc_splits
 from rcnn.errors import BadSampleError, RcnnError
@@ -75,6 +78,17 @@ def test_bad_boxes_name_the_file_and_the_object(make_voc, box, problem):
     with pytest.raises(BadSampleError, match=problem) as caught:
         VOCDataset(root, "train")
     assert "a.xml" in str(caught.value) and "object 1" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("size", "problem"), [((10**400, 5), "over the limit of"), ((40, "?"), "integer <width>")]
+)
+def test_impossible_image_sizes(make_voc, size, problem):
+    root = make_voc({"train": {"a": voc_xml([DOG], size=size)}})
+    with pytest.raises(BadSampleError, match=f"a.xml: .*{problem}"):
+        VOCDataset(root, "train")
+    with pytest.warns(UserWarning):
+        assert len(VOCDataset(root, "train", on_bad_sample="skip")) == 0
 
 
 def test_boxes_at_most_one_pixel_outside_are_clipped(make_voc):
@@ -177,3 +191,74 @@ def test_parse_keeps_bad_objects_as_problems(tmp_path):
         10,
         20,
     ]
+
+
+# Fuzzing: whatever an annotation file holds, opening the data set gives valid ground truth
+# or a BadSampleError naming the file, never another exception.
+_values = st.one_of(
+    st.sampled_from(["1", "5", "40", "60", "0", "-1", "nan", "inf", "-inf", "1e400", "9" * 400]),
+    st.integers(-100, 100).map(str),
+    st.text(max_size=5),
+)
+_object = st.tuples(
+    st.sampled_from(["dog", "cat", "", " dog "]), st.tuples(*[_values] * 4), st.booleans()
+)
+_annotation = st.builds(
+    lambda objects, size: voc_xml(objects, size=size),
+    st.lists(_object, max_size=4),
+    st.one_of(
+        st.none(), st.tuples(st.integers(-2, 80), st.integers(-2, 80)), st.tuples(_values, _values)
+    ),
+)
+
+
+@st.composite
+def mutated_annotation(draw):
+    """A VOC annotation with a random slice replaced by random text (or one of XML's
+    dangerous constructs)."""
+    text = draw(_annotation)
+    start = draw(st.integers(0, len(text)))
+    end = draw(st.integers(start, min(len(text), start + 20)))
+    insert = draw(st.one_of(st.text(max_size=10), st.sampled_from(["<", "&lol;", "<!DOCTYPE"])))
+    return text[:start] + insert + text[end:]
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    text=st.one_of(_annotation, mutated_annotation(), st.text(max_size=40)),
+    policy=st.sampled_from(["error", "skip"]),
+)
+def test_fuzzed_annotations_load_or_name_the_file(make_voc, text, policy):
+    root = make_voc({"train": {"a": voc_xml([DOG])}})  # idempotent: writes the same files
+    with open(os.path.join(root, "Annotations", "a.xml"), "w", encoding="utf-8") as f:
+        f.write(text)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dataset = VOCDataset(root, "train", class_names=("dog",), on_bad_sample=policy)
+    except BadSampleError as error:
+        assert policy == "error" and os.path.basename(error.path) in ("a.xml", "a.jpg")
+        return
+    for i in range(len(dataset)):
+        assert_valid(dataset.annotation(i), dataset.image_size(i))
+
+
+def assert_valid(annotation, image_size):
+    """Ground truth as the readers promise it: finite boxes of positive area inside the
+    image, labels in [1, K]."""
+    height, width = image_size
+    boxes = annotation.boxes
+    assert boxes.dtype == torch.float32 and torch.isfinite(boxes).all()
+    assert (boxes[:, 0] >= 0).all() and (boxes[:, 1] >= 0).all()
+    assert (boxes[:, 2] <= width).all() and (boxes[:, 3] <= height).all()
+    assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
+    assert (annotation.labels >= 1).all()
+
+
+@pytest.mark.parametrize("name", ["../outside.jpg", "{tmp}/outside.jpg", "a/../../outside.jpg"])
+def test_filename_cannot_point_outside_the_image_folder(make_voc, tmp_path, name):
+    name = name.format(tmp=tmp_path / "voc")
+    root = make_voc({"train": {"a": voc_xml([DOG], filename=name)}})
+    shutil.copy(os.path.join(root, "JPEGImages", "a.jpg"), os.path.join(root, "outside.jpg"))
+    with pytest.raises(BadSampleError, match=r"a.xml: <filename> .* is outside .*JPEGImages"):
+        VOCDataset(root, "train")
