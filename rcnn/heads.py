@@ -80,6 +80,18 @@ class FastRCNNHead(nn.Module):
         self.roi_op = roi_op
         self.coder = BoxCoder.fast_rcnn()
 
+    @classmethod
+    def on(cls, backbone, num_classes: int, roi_op: RoIOp = "pool") -> FastRCNNHead:
+        """The head on a backbone's per-region layers, pooling its stride's feature map."""
+        return cls(
+            backbone.head,
+            backbone.representation_size,
+            num_classes,
+            backbone.pool_size,
+            1.0 / backbone.stride,
+            roi_op,
+        )
+
     def pool(self, features: Tensor, rois: Tensor) -> Tensor:
         """features (N, C, H, W), rois (R, 5) -> (R, C, p, p)."""
         if self.roi_op == "align":

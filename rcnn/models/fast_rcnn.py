@@ -51,14 +51,7 @@ class FastRCNN(nn.Module):
         self.config = config
         self.proposal_mode = config.proposal_mode  # proposals come from outside (Detector, runs)
         self.trunk = backbone.trunk
-        self.head = FastRCNNHead(
-            backbone.head,
-            backbone.representation_size,
-            num_classes,
-            backbone.pool_size,
-            1.0 / backbone.stride,
-            config.roi_op,
-        )
+        self.head = FastRCNNHead.on(backbone, num_classes, config.roi_op)
         self.pixel_stats = (tuple(backbone.pixel_mean), tuple(backbone.pixel_std))
         self.stages = (STAGE,)
 

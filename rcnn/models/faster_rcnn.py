@@ -70,14 +70,7 @@ class FasterRCNN(nn.Module):
         )  # RoI pooling has no box gradient
         self.trunk = backbone.trunk
         self.rpn = RegionProposalNetwork(backbone.out_channels, config.rpn)
-        self.head = FastRCNNHead(
-            backbone.head,
-            backbone.representation_size,
-            num_classes,
-            backbone.pool_size,
-            1.0 / backbone.stride,
-            roi_op,
-        )
+        self.head = FastRCNNHead.on(backbone, num_classes, roi_op)
         self.pixel_stats = (tuple(backbone.pixel_mean), tuple(backbone.pixel_std))
         self.frozen = {name for name, p in self.named_parameters() if not p.requires_grad}
         self.proposal_trunk: nn.Module | None = None  # alternating training, step 2 only
