@@ -38,3 +38,24 @@ def test_print_table_aligns_one_row_per_timing():
     # the ms column is right-aligned under its header
     ends = {lines[1].index(" ms") + 3, lines[3].index("56.5") + 4, lines[4].index("1.0") + 3}
     assert len(ends) == 1
+
+
+def test_bench_model_times_the_detector_beside_its_trunk():
+    from rcnn.bench.models import bench_model, shapes_sample
+    from rcnn.models.build import preset
+
+    sample = shapes_sample(preset("faster-rcnn", "small"), (64, 96))
+    assert tuple(sample.image.shape) == (3, 64, 96)  # a shapes image filled to the stated size
+    assert (sample.annotation.boxes[:, 2] <= 96).all() and (
+        sample.annotation.boxes[:, 3] <= 64
+    ).all()
+    rows = bench_model("faster-rcnn", "small", (64, 96))
+    assert [row.name.strip() for row in rows] == [
+        "faster-rcnn/small inference",
+        "small trunk alone",
+        "faster-rcnn/small training step",
+        "small trunk alone, fwd+bwd",
+    ]
+    assert all(row.ms > 0 and row.sizes == "1 x 64x96" for row in rows)
+    overhead = 100 * (rows[0].ms - rows[1].ms) / rows[1].ms
+    assert rows[0].target == f"overhead {overhead:.0f}% (< 15%)"
