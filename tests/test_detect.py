@@ -100,3 +100,22 @@ def test_a_folder_without_images_is_refused(tmp_path, run_dir):
     (tmp_path / "notes.txt").write_text("no images here")
     with pytest.raises(RcnnError, match="no image files in this folder"):
         detect_inputs(run_dir, [str(tmp_path)], None, None, 0.5, False, tmp_path / "r.json")
+
+
+def test_the_one_line_api_takes_paths_arrays_and_tensors_alike(tmp_path, run_dir):
+    from rcnn import Detector as PublicDetector
+
+    assert PublicDetector is Detector
+    write_image(tmp_path / "a.png", (60, 90), 3)
+    detector = PublicDetector.load(run_dir)
+    found = detector(tmp_path / "a.png")
+    array = np.asarray(Image.open(tmp_path / "a.png"))
+    same = detector(array)
+    expected = detector.detect([decode_image(str(tmp_path / "a.png"))])[0]
+    assert len(found["boxes"]) == len(expected) > 0
+    assert torch.equal(found["boxes"], same["boxes"]) and torch.equal(
+        found["boxes"], expected.boxes
+    )
+    assert found["class_names"] == [CLASSES[k - 1] for k in expected.labels.tolist()]
+    with pytest.raises(RcnnError, match="uint8"):
+        detector(array.astype(np.float32))
