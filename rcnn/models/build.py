@@ -67,10 +67,14 @@ def preset(model: ModelName, backbone: str) -> RunConfig:
     if backbone != "small":
         return config
     images, rate = (2, 0.01) if model == "fast-rcnn" else (4, 0.02)
+    # Faster R-CNN from scratch: AdamW and RoIAlign reached mAP50 0.424 on shapes in the demo's
+    # 7 minutes where the papers' SGD and RoI max pooling reached 0.233 (README)
+    optimizer, rate = ("adamw", 0.001) if model == "faster-rcnn" else ("sgd", rate)
     return dataclasses.replace(
         config,
         input=InputConfig(min_sizes=(320,), max_size=512, test_size=320),
         train=TrainConfig(
+            optimizer=optimizer,
             epochs=20,
             images_per_batch=images,
             learning_rate=rate,
@@ -79,6 +83,7 @@ def preset(model: ModelName, backbone: str) -> RunConfig:
         ),
         faster_rcnn=dataclasses.replace(
             config.faster_rcnn,
+            roi_op="align",
             rpn=RPNConfig(
                 anchors=AnchorConfig(scales=(1.0, 2.0, 4.0, 8.0, 16.0)),
                 proposals=ProposalConfig(
