@@ -211,12 +211,12 @@ def evaluator(config: RunConfig, test_set: DetectionDataset, world: distributed.
         shard = (world.rank, world.size)
         found = detect_dataset(detector, test_set, config.train.workers, False, shard)
         found = gather_detections(found, world)
-        return float("nan") if found is None else score(found, test_set).metrics["map50"]
+        return float("nan") if found is None else score_detections(found, test_set).metrics["map50"]
 
     return evaluate
 
 
-def score(found: DatasetDetections, dataset: DetectionDataset):
+def score_detections(found: DatasetDetections, dataset: DetectionDataset):
     """The VOC and COCO evaluation of detections over ``dataset``."""
     indices = sorted(found.detections)
     return evaluate_detections(
@@ -295,7 +295,7 @@ def evaluate_run(
     )
     if found is None:
         return None
-    evaluation = score(found, dataset)
+    evaluation = score_detections(found, dataset)
     metrics = evaluation.metrics | {
         "proposal_seconds_per_image": found.proposal_seconds_per_image,
         "proposals_per_image": found.proposals_per_image,
