@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from rcnn.errors import RcnnError
+from rcnn.runtime import keep_freed_memory
 
 MODELS = ("rcnn", "sppnet", "fast-rcnn", "faster-rcnn")
 SVD_HELP = (
@@ -223,14 +224,6 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _not_yet(what: str, issue: int):
-    def handler(args: argparse.Namespace) -> int:
-        print(f"rcnn {args.command}: not implemented yet ({what}; issue #{issue})", file=sys.stderr)
-        return 2
-
-    return handler
-
-
 def _export(args: argparse.Namespace) -> int:
     from rcnn.export import export_run
 
@@ -293,6 +286,7 @@ HANDLERS = {
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     try:
         return HANDLERS[args.command](args)
     except RcnnError as error:

@@ -14,7 +14,6 @@ Shapes: features ``(N, C, H, W)``; ``U`` pooled units (RoIs, or RoI-level pairs)
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -72,47 +71,58 @@ class _MaxOverBins(torch.autograd.Function):
     bin in a ``kh x kw`` block, padded by repeating the bin's last row and column (a repeat
     cannot change a maximum and comes after the original in row-major order, so the first
     maximum still wins); then ``max_pool2d`` with kernel = stride = ``(kh, kw)`` is the
-    answer, argmax included. Crops are gathered from a channels-last copy of the map, one
-    unit at a time: small crops stay in cache, which beats one large gather for all units.
-    Backward: one ``index_add_``.
+    answer, argmax included. Crops are gathered from a channels-last copy of the map one
+    unit at a time (small crops stay in cache, which beats one large gather for all units)
+    and pooled straight into the unit's slot of a channels-last result: the output is
+    ``(U, C, h, w)`` stored as ``(U, h, w, C)``. Each argmax stays an index into its unit's
+    crop; backward turns all of them into cells of the map with one ``gather`` and adds the
+    gradient there with one ``scatter_add_``.
     """
 
     @staticmethod
     def forward(ctx, features, image_index, rows, cols):
         n, c, height, width = features.shape
         units, h, w = rows.shape[0], rows.shape[1], cols.shape[1]
+        device = features.device
         # (N, C, H, W) -> (N, H, W, C) -> (N*H*W, C), plus a -inf "sentinel" cell for empty bins
         cells = features.permute(0, 2, 3, 1).reshape(n * height * width, c)
         cells = torch.cat([cells, cells.new_full((1, c), float("-inf"))])
-        # an argmax is stored as cell * C + channel: an index into ``cells`` flattened
-        sentinel = n * height * width * c
-        index_dtype = torch.int32 if sentinel + c < 2**31 else torch.int64
-        channel = torch.arange(c, dtype=index_dtype, device=features.device).view(c, 1, 1)
-        out = features.new_empty((units, c, h, w))
-        argmax = torch.empty((units, c, h, w), dtype=index_dtype, device=features.device)
-        for members, tables, kernel in _crop_tables(image_index, rows, cols, (n, height, width)):
-            tables = tables.to(index_dtype)  # (G, h*kh * w*kw)
-            for unit, table, first in zip(members.tolist(), tables, tables * c, strict=True):
+        # (U, h, w, C) buffers seen as channels-last (U, C, h, w)
+        out = features.new_empty((units, h, w, c)).permute(0, 3, 1, 2)
+        local = torch.empty((units, h, w, c), dtype=torch.int64, device=device)
+        local = local.permute(0, 3, 1, 2)  # each output's argmax within its unit's crop
+        groups = list(_crop_tables(image_index, rows, cols, (n, height, width)))
+        # each unit's crop table, padded: row u maps unit u's crop positions to cells
+        tables = image_index.new_full((units, max((g[1].shape[1] for g in groups), default=0)), -1)
+        for members, group_tables, kernel in groups:
+            tables[members, : group_tables.shape[1]] = group_tables
+            for unit, table in zip(members.tolist(), group_tables, strict=True):
                 # (h*kh * w*kw, C) -> (1, h*kh, w*kw, C) -> channels-last (1, C, h*kh, w*kw)
                 crop = cells.index_select(0, table).view(1, h * kernel[0], w * kernel[1], c)
-                values, local = F.max_pool2d(crop.permute(0, 3, 1, 2), kernel, return_indices=True)
-                out[unit] = values[0]
-                torch.add(first.take(local[0]), channel, out=argmax[unit])
-        out.masked_fill_(argmax >= sentinel, 0)  # empty bins
-        ctx.save_for_backward(argmax)
+                torch.ops.aten.max_pool2d_with_indices.out(
+                    crop.permute(0, 3, 1, 2), kernel, kernel, (0, 0), (1, 1), False,
+                    out=out[unit : unit + 1], indices=local[unit : unit + 1],
+                )  # fmt: skip
+        empty_rows = rows[..., 1] <= rows[..., 0]  # (U, h)
+        empty_cols = cols[..., 1] <= cols[..., 0]  # (U, w)
+        out.masked_fill_((empty_rows[:, :, None] | empty_cols[:, None, :])[:, None], 0)
+        ctx.save_for_backward(local, tables)
         ctx.feature_shape = features.shape
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        (argmax,) = ctx.saved_tensors
+        local, tables = ctx.saved_tensors
         n, c, height, width = ctx.feature_shape
-        # the gradient of ``cells``, flattened; the last cell, the sentinel, is dropped
-        grad_cells = grad_out.new_zeros((n * height * width + 1) * c)
-        grad_cells.index_add_(0, argmax.view(-1), grad_out.reshape(-1))
+        # the cell of each output's argmax, (U, h*w*C) as ``local`` is stored
+        argmax = tables.gather(1, local.permute(0, 2, 3, 1).reshape(len(tables), -1))
+        grad = grad_out.permute(0, 2, 3, 1).reshape(-1, c)
+        # the gradient of ``cells``; its last cell, the sentinel, is dropped
+        grad_cells = grad_out.new_zeros((n * height * width + 1, c))
+        grad_cells.scatter_add_(0, argmax.reshape(-1, c), grad)
         # (N*H*W, C) -> (N, H, W, C) -> (N, C, H, W)
-        grad = grad_cells[: n * height * width * c].view(n, height, width, c)
+        grad = grad_cells[: n * height * width].view(n, height, width, c)
         return grad.permute(0, 3, 1, 2).contiguous(), None, None, None
 
 
