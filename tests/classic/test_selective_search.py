@@ -11,6 +11,7 @@ from rcnn.classic.selective_search import (
     SelectiveSearchConfig,
     _gaussian_gradient,
     colour_columns,
+    colour_histograms,
     colour_space_image,
     fill_similarity,
     group_hierarchically,
@@ -20,10 +21,11 @@ from rcnn.classic.selective_search import (
     rank_boxes,
     region_adjacency,
     region_boxes,
-    region_histograms,
     selective_search,
     size_similarity,
-    texture_columns,
+    texture_entries,
+    texture_histograms,
+    tight_box_area,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -156,15 +158,30 @@ def test_gaussian_derivative_of_a_ramp_is_its_slope():
     np.testing.assert_allclose(d_y[0], 0.0, atol=1e-4)
 
 
+def _texture_bins(image: np.ndarray) -> np.ndarray:
+    """(8*C, H*W) texture bin of every feature and pixel, bin 0 where there is no entry."""
+    texture = texture_entries(image)
+    bins = np.zeros((texture.features, image.shape[0] * image.shape[1]), np.int64)
+    bins[texture.columns // 10, texture.pixels] = texture.columns % 10
+    return bins
+
+
 def test_texture_of_a_vertical_edge_is_in_the_rising_x_orientation():
     image = np.zeros((16, 16, 1), np.uint8)
     image[:, 8:] = 200  # dark left, bright right: d/dx > 0 at the edge, d/dy = 0
-    columns = texture_columns(image).reshape(8, 16, 16)  # orientations 0, 45, ..., 315 degrees
-    bins = columns - np.arange(0, 80, 10)[:, None, None]  # feature f's bins start at f * 10
-    assert bins.min() >= 0 and bins.max() <= 9
+    texture = texture_entries(image)
+    assert texture.features == 8 and (texture.columns % 10 > 0).all()  # no bin-0 entries
+    bins = _texture_bins(image).reshape(8, 16, 16)  # orientations 0, 45, ..., 315 degrees
+    assert bins.max() <= 9
     assert bins[0, :, 7:9].min() == 9  # strongest at the edge, in the 0 degree map
     assert bins[0, :, :4].max() == 0 and bins[0, :, 12:].max() == 0
     assert bins[[2, 4, 6]].max() == 0  # 90, 180, 270 degrees: no response
+
+
+def test_a_steered_derivative_is_in_one_of_its_two_opposite_orientations(scene):
+    bins = _texture_bins(scene.image).reshape(2, 4 * 3, -1)  # (theta, theta + 180 degrees)
+    assert not ((bins[0] > 0) & (bins[1] > 0)).any()
+    assert (bins > 0).any()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,7 +218,7 @@ def test_region_boxes_and_neighbours_match_the_definitions(labels):
 
 
 def _regions(labels: np.ndarray, image: np.ndarray) -> Regions:
-    return initial_regions(labels, colour_columns(image), texture_columns(image))
+    return initial_regions(labels, colour_columns(image), texture_entries(image))
 
 
 @settings(max_examples=30, deadline=None)
@@ -217,7 +234,10 @@ def test_similarities_are_in_0_1_and_symmetric(labels, seed):
         lambda i, j: histogram_intersection(regions.texture[i], regions.texture[j]),
         lambda i, j: size_similarity(regions.sizes[i], regions.sizes[j], area),
         lambda i, j: fill_similarity(
-            regions.sizes[i], regions.sizes[j], regions.boxes[i], regions.boxes[j], area
+            regions.sizes[i],
+            regions.sizes[j],
+            tight_box_area(regions.boxes[i], regions.boxes[j]),
+            area,
         ),
     ]
     for measure in measures:
@@ -234,17 +254,37 @@ def test_a_region_is_fully_similar_to_itself_in_colour_and_texture(scene):
     assert histogram_intersection(regions.texture[0], regions.texture[0]) == pytest.approx(1.0)
 
 
+def test_texture_histograms_count_every_pixel_in_every_feature(scene):
+    labels = np.zeros(scene.image.shape[:2], np.int64)
+    labels[:, 40:] = 1
+    labels[50:, 90:] = 2
+    flat = labels.ravel()
+    # the definition: each pixel's bin in each of the 8*C features, bin 0 included
+    columns = _texture_bins(scene.image) + np.arange(0, 240, 10)[:, None]  # (24, H*W)
+    counts = np.bincount((flat * 240 + columns).ravel(), minlength=3 * 240).reshape(3, 240)
+    expected = counts / counts.sum(axis=1, keepdims=True)
+    histograms = texture_histograms(flat, texture_entries(scene.image), np.bincount(flat))
+    np.testing.assert_allclose(histograms, expected, rtol=1e-6)
+
+
+def _histograms(labels: np.ndarray, image: np.ndarray) -> list[np.ndarray]:
+    """The colour and texture histograms of the regions of a label image."""
+    flat = labels.ravel()
+    colour = colour_histograms(flat, colour_columns(image), flat.max() + 1)
+    return [colour, texture_histograms(flat, texture_entries(image), np.bincount(flat))]
+
+
 def test_merged_histograms_equal_those_recomputed_from_the_pixels(scene):
     labels = np.zeros(scene.image.shape[:2], np.int64)
     labels[:, 40:] = 1
     labels[50:, 90:] = 2
     merged_labels = np.where(labels == 2, 1, labels)  # regions 1 and 2 as one
-    for columns, width in ((colour_columns(scene.image), 75), (texture_columns(scene.image), 240)):
-        parts = region_histograms(columns, labels.ravel(), 3, width)
-        whole = region_histograms(columns, merged_labels.ravel(), 2, width)[1]
-        sizes = np.bincount(labels.ravel())
+    sizes = np.bincount(labels.ravel())
+    for parts, whole in zip(
+        _histograms(labels, scene.image), _histograms(merged_labels, scene.image), strict=True
+    ):
         merged = merge_histograms(parts[1], sizes[1], parts[2], sizes[2])
-        np.testing.assert_allclose(merged, whole, atol=1e-6)
+        np.testing.assert_allclose(merged, whole[1], atol=1e-6)
         assert merged.sum() == pytest.approx(1.0)
 
 
