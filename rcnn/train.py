@@ -239,7 +239,7 @@ class Trainer:
             disable=not self.world.is_main,
         )
         running: dict[str, float] = {}
-        self.model.train()
+        training_mode(self.model)
         for samples in self.loader:
             for skipped in samples.skipped:
                 self.skipped_images[skipped] = self.skipped_images.get(skipped, 0) + 1
@@ -312,7 +312,7 @@ class Trainer:
             return
         self.model.eval()
         map50 = self.evaluate(self.model)
-        self.model.train()
+        training_mode(self.model)
         p = self.position
         self.log(
             {"stage": self.plan.stages[p.stage], "epoch": p.epoch, "step": p.step, "map50": map50}
@@ -369,6 +369,19 @@ class Trainer:
             for saved, now in zip(meta["param_groups"], current, strict=True)
         ]
         self.optimizer.load_state_dict({"state": per_param, "param_groups": groups})
+
+
+def training_mode(model: nn.Module) -> None:
+    """``model.train()``, except that BatchNorm layers whose parameters are frozen also keep
+    their statistics (eval mode): a frozen layer stays the function it was. SPPNet's fixed
+    convolutions, the shared convolutions in steps 3-4 of alternating training and step 2's
+    proposal trunk are frozen this way."""
+    model.train()
+    for module in model.modules():
+        parameters = list(module.parameters(recurse=False))
+        batch_norm = isinstance(module, nn.modules.batchnorm._BatchNorm)
+        if batch_norm and parameters and not any(p.requires_grad for p in parameters):
+            module.eval()
 
 
 def prepare_model(model: nn.Module, config: TrainConfig, world: World) -> nn.Module:

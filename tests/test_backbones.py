@@ -272,14 +272,16 @@ def test_frozen_batch_norm_is_batch_norm_in_eval_mode_with_nothing_to_learn():
 # --- small and ZF ---------------------------------------------------------------------------
 
 
-def test_small_normalises_each_image_on_its_own():
+def test_small_normalises_the_trunk_by_batch_and_the_head_by_region():
     backbone = build_backbone("small")
-    images = torch.randn(3, 3, 64, 80)
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in backbone.trunk.modules()) == 9
+    assert not any(isinstance(m, nn.GroupNorm) for m in backbone.trunk.modules())
+    # the head's GroupNorm: each RoI's vector does not depend on the other RoIs
+    pooled = torch.randn(5, 128, 7, 7)
     with torch.no_grad():
-        together = backbone.train()(images)
-        alone = torch.cat([backbone.eval()(image[None]) for image in images])
+        together = backbone.head(pooled)
+        alone = torch.cat([backbone.head(roi[None]) for roi in pooled])
     torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-5)
-    assert not any(isinstance(m, nn.BatchNorm2d) for m in backbone.modules())
 
 
 def test_small_trains_every_parameter():
@@ -307,7 +309,7 @@ def receptive_field(trunk: nn.Sequential, size: int = 448) -> int:
 
 def _linearised(module: nn.Module) -> nn.Module:
     for name, child in module.named_children():
-        if isinstance(child, (nn.GroupNorm, nn.ReLU)):
+        if isinstance(child, (nn.BatchNorm2d, nn.GroupNorm, nn.ReLU)):
             setattr(module, name, nn.Identity())
         elif isinstance(child, nn.Conv2d):
             nn.init.constant_(child.weight, 1 / child.weight[0].numel())

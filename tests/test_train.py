@@ -12,7 +12,7 @@ from rcnn.models.build import InputConfig, RunConfig
 from rcnn.models.faster_rcnn import FasterRCNN
 from rcnn.optim import TrainConfig
 from rcnn.runs import resolve_config
-from rcnn.train import CHECKPOINT, Trainer
+from rcnn.train import CHECKPOINT, Trainer, training_mode
 from tests.test_faster_rcnn import CONFIG
 from tests.tiny import tiny_backbone
 
@@ -144,3 +144,14 @@ def test_speed_flags_reach_the_train_config_from_the_command_line_and_set():
     assert (config.train.amp, config.train.channels_last, config.train.compile) == (True,) * 3
     default = resolve_config("faster-rcnn", "small").train
     assert (default.amp, default.channels_last, default.compile) == (False,) * 3
+
+
+def test_training_mode_keeps_the_statistics_of_frozen_batch_norm():
+    frozen, trained = torch.nn.BatchNorm2d(4), torch.nn.BatchNorm2d(4)
+    frozen.requires_grad_(False)
+    model = torch.nn.Sequential(frozen, trained)
+    training_mode(model)
+    model(torch.randn(2, 4, 5, 5) * 3 + 1)
+    assert not frozen.training and trained.training
+    assert torch.equal(frozen.running_mean, torch.zeros(4))  # unchanged
+    assert not torch.equal(trained.running_mean, torch.zeros(4))
