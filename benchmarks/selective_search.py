@@ -1,6 +1,6 @@
 """Selective search on 500 x 375 images: seconds, boxes, recall and MABO, beside OpenCV's.
 
-    python benchmarks/selective_search.py [--images 20] [--modes fast quality] [--workers 2]
+    python benchmarks/selective_search.py [--images 20] [--modes fast quality] [--threads 2]
 
 The measurement set is synthetic so that its ground truth is exact: photographs and
 textures from scikit-image as backgrounds, with 2-5 objects each pasted on them (crops of
@@ -141,20 +141,20 @@ def measure(methods: dict, images, truths, repeat: int, top: int | None) -> dict
     return results
 
 
-def _methods(modes: list[str], workers: int) -> dict:
-    """Ours in one process and in ``workers``, and OpenCV's when it is installed."""
+def _methods(modes: list[str], threads: int) -> dict:
+    """Ours on one thread and on ``threads``, and OpenCV's (on ``threads``) when installed."""
     try:
         import cv2
 
-        cv2.setNumThreads(workers)
+        cv2.setNumThreads(threads)
     except ImportError:
         cv2 = None
     methods = {}
     for mode in modes:
-        methods[f"ours {mode}, 1 process"] = lambda im, m=mode: selective_search(im, m)
-        if workers > 1:
-            methods[f"ours {mode}, {workers} processes"] = lambda im, m=mode: selective_search(
-                im, m, workers=workers
+        methods[f"ours {mode}, 1 thread"] = lambda im, m=mode: selective_search(im, m, threads=1)
+        if threads > 1:
+            methods[f"ours {mode}, {threads} threads"] = lambda im, m=mode: selective_search(
+                im, m, threads=threads
             )
         if cv2 is not None:
             methods[f"opencv {mode}"] = lambda im, m=mode: opencv_selective_search(im, m)
@@ -165,7 +165,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=20)
     parser.add_argument("--modes", nargs="+", default=["fast", "quality"])
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3, help="runs per image; the fastest counts")
     parser.add_argument("--top", type=int, default=None, help="also score the best N boxes")
     parser.add_argument("--seed", type=int, default=0)
@@ -173,7 +173,7 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     images, truths = zip(*(make_image(rng) for _ in range(args.images)), strict=True)
     print(f"{args.images} images {WIDTH}x{HEIGHT}, {sum(len(t) for t in truths)} objects")
-    results = measure(_methods(args.modes, args.workers), images, truths, args.repeat, args.top)
+    results = measure(_methods(args.modes, args.threads), images, truths, args.repeat, args.top)
     for name, result in results.items():
         print(
             f"{name:38s} {result['seconds_per_image']:6.2f} s/image "

@@ -86,7 +86,7 @@ def _image_proposals(
 ) -> int:
     image = decode_image(path)
     start = time.perf_counter()
-    boxes = selective_search(image, mode, workers=workers)
+    boxes = selective_search(image, mode, threads=workers)
     seconds = time.perf_counter() - start
     picture = None
     if out is not None:

@@ -50,6 +50,7 @@ regions; E neighbouring pairs; D histogram bins; P proposals.
 from __future__ import annotations
 
 import heapq
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,7 +60,6 @@ from skimage.segmentation import felzenszwalb
 from torch import Tensor
 
 from rcnn.boxes import remove_small_boxes
-from rcnn.classic.pool import process_pool
 
 COLOUR_SPACES = ("HSV", "Lab", "rgI", "H", "I")
 MEASURES = "CTSF"  # colour, texture, size, fill
@@ -114,14 +114,17 @@ def selective_search(
     *,
     config: SelectiveSearchConfig | None = None,
     seed: int = 0,
-    workers: int = 1,
+    threads: int | None = None,
 ) -> Tensor:
     """Selective search proposals of one image, ranked best first.
 
     image: uint8 RGB, numpy (H, W, 3) or tensor (3, H, W). mode: "fast" or "quality" (ignored
     when ``config`` is given). seed: of the ranking's RND; the same image, settings and seed
-    give the same boxes, whatever ``workers``. workers: processes to spread the colour spaces
-    over (1: run here). Returns (P, 4) float32 xyxy pixel boxes, best first, all distinct.
+    give the same boxes, whatever ``threads``. threads: threads to spread the colour spaces
+    over (default: torch's thread count, 1 in the proposal cache's worker processes);
+    scikit-image's segmentation releases the GIL, so 2 threads take 0.47-0.54 s for a
+    500x375 image where one takes 0.73-0.90 s on this machine.
+    Returns (P, 4) float32 xyxy pixel boxes, best first, all distinct.
     """
     rgb = _as_rgb_array(image)
     config = config if config is not None else SelectiveSearchConfig.for_mode(mode)
@@ -130,8 +133,9 @@ def selective_search(
         return torch.zeros((0, 4))
     # 1-3. one hierarchy per colour space x k x similarity (§3.2); colour spaces in parallel
     jobs = [(rgb, space, config) for space in config.colour_spaces]
-    if workers > 1 and len(jobs) > 1:
-        with process_pool(min(workers, len(jobs))) as pool:
+    threads = min(torch.get_num_threads() if threads is None else threads, len(jobs))
+    if threads > 1:
+        with ThreadPoolExecutor(threads) as pool:
             per_space = list(pool.map(_hierarchies_of_colour_space, *zip(*jobs, strict=True)))
     else:
         per_space = [_hierarchies_of_colour_space(*job) for job in jobs]

@@ -64,8 +64,9 @@ def test_same_input_and_seed_give_the_same_boxes_and_other_seeds_reorder_them(sc
     assert torch.equal(torch.unique(first, dim=0), torch.unique(other, dim=0))
 
 
-def test_worker_processes_give_the_same_boxes(scene):
-    assert torch.equal(selective_search(scene.image), selective_search(scene.image, workers=2))
+def test_threads_give_the_same_boxes(scene):
+    one = selective_search(scene.image, threads=1)
+    assert torch.equal(one, selective_search(scene.image, threads=2))
 
 
 def test_fast_mode_returns_fewer_boxes_than_quality_mode(scene):
