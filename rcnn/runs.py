@@ -36,6 +36,7 @@ from rcnn.inference import DatasetDetections, detect_dataset, gather_detections
 from rcnn.logs import LOG
 from rcnn.models.build import RunConfig, build_model, preset
 from rcnn.pretrain import PretrainConfig, pretrain_backbone, save_backbone
+from rcnn.runtime import bfloat16_is_native
 from rcnn.structures import Annotation, Detections
 from rcnn.svd import compress_fc_layers
 from rcnn.train import CHECKPOINT, Trainer
@@ -479,6 +480,11 @@ def demo(out: Path) -> dict:
         "written by `rcnn demo`; the next demo replaces this directory\n"
     )
     config = preset("faster-rcnn", "small")
+    # channels-last, and mixed precision where it is native (bfloat16 on this CPU): 2,860
+    # steps in the 7 minutes here against 2,310, mAP50 0.710 against 0.667 (README)
+    amp = torch.cuda.is_available() or bfloat16_is_native()
+    train = dataclasses.replace(config.train, channels_last=True, amp=amp)
+    config = dataclasses.replace(config, train=train)
     metrics = train_run(config, "shapes", out, time_budget=DEMO_MINUTES)
     detector = Detector.load(out)
     test = open_dataset("shapes", "test")

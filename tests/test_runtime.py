@@ -2,8 +2,12 @@
 
 import subprocess
 import sys
+import types
 
 import pytest
+import torch
+
+from rcnn.runtime import bfloat16_is_native
 
 # Print whether a 64 MiB tensor lies in the process's [heap] (brk) mapping.
 IN_HEAP = """
@@ -34,3 +38,8 @@ def test_large_tensors_come_from_the_kept_heap():
     assert _in_heap("keep") == ["True", "True"]
     # glibc's default serves (and later unmaps) such a block with its own mmap
     assert _in_heap("default") == ["None", "False"]
+
+
+def test_bfloat16_is_native_is_false_where_torch_cannot_tell(monkeypatch):
+    monkeypatch.setattr(torch.ops, "mkldnn", types.SimpleNamespace())  # no such query
+    assert bfloat16_is_native() is False
