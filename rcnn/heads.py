@@ -99,9 +99,31 @@ class FastRCNNHead(nn.Module):
         return roi_pool(features, rois, self.pool_size, self.spatial_scale)
 
     def forward(self, features: Tensor, rois: Tensor) -> tuple[Tensor, Tensor]:
-        """-> class logits (R, K+1), class-specific box deltas (R, (K+1)*4)."""
-        x = self.representation(self.pool(features, rois))
+        """-> class logits (R, K+1), class-specific box deltas (R, (K+1)*4).
+
+        When the per-region layers open with a bias-free 1x1 convolution (the small backbone's
+        channel reduction) and the pooling is RoIAlign, the convolution runs on the feature map
+        before pooling instead of on every pooled RoI: both are linear, so they commute, and
+        the map (N x H x W positions) is far smaller than the RoIs (R x p x p), which then
+        pool the reduced channels. The same function, a fraction of the work.
+        """
+        projection = self._projection_first()
+        if projection is None:
+            x = self.representation(self.pool(features, rois))
+        else:
+            x = self.pool(projection[0](features), rois)
+            x = self.representation[1:](projection[1:](x))
         return self.cls_score(x), self.bbox_pred(x)
+
+    def _projection_first(self) -> nn.Sequential | None:
+        """The opening (1x1 conv, ...) block of the per-region layers when it may run before
+        RoIAlign (see forward), else None."""
+        first = self.representation[0] if isinstance(self.representation, nn.Sequential) else None
+        if self.roi_op != "align" or not isinstance(first, nn.Sequential) or not len(first):
+            return None
+        conv = first[0]
+        linear = isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1) and conv.bias is None
+        return first if linear and conv.stride == (1, 1) and conv.groups == 1 else None
 
     def loss(
         self,

@@ -31,6 +31,7 @@ class TrainConfig:
     lr_gamma: float = 0.1
     stage_shares: tuple[float, ...] = ()  # share of the epochs per stage; () = equal shares
     workers: int = 2
+    cache_images: bool = False  # load every training image once, keep it in memory (RAM)
     seed: int = 0
     eval_every: int = 0  # epochs between evaluations on the test split; 0 = only at the end
     checkpoint_every: int = 200  # iterations between checkpoints, besides each epoch's end

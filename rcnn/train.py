@@ -36,6 +36,7 @@ from tqdm import tqdm
 from rcnn import checkpoint, distributed
 from rcnn.data.dataset import DetectionDataset
 from rcnn.data.loader import make_loader
+from rcnn.data.memory import InMemory
 from rcnn.data.transforms import TrainTransform, make_batch
 from rcnn.distributed import World
 from rcnn.errors import RcnnError
@@ -140,6 +141,8 @@ class Trainer:
         world: World | None = None,
     ):
         world = world or World()  # one process unless torchrun started several
+        if config.train.cache_images:
+            dataset = InMemory(dataset, threads=torch.get_num_threads())
         self.world, self.device = world, world.device()
         self.model = prepare_model(model, config.train, world)
         self.network = self.model  # what the steps call: DistributedDataParallel around it

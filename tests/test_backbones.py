@@ -17,6 +17,7 @@ from rcnn.backbones import (
     load_pretrained,
 )
 from rcnn.errors import RcnnError
+from rcnn.heads import FastRCNNHead
 
 # --- torchvision's published layouts, written out from its model definitions -------------
 
@@ -282,6 +283,41 @@ def test_small_normalises_the_trunk_by_batch_and_the_head_by_region():
         together = backbone.head(pooled)
         alone = torch.cat([backbone.head(roi[None]) for roi in pooled])
     torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("roi_op", ["align", "pool"])
+def test_small_head_reduces_channels_before_roialign_with_the_same_result(roi_op):
+    backbone = build_backbone("small").double()
+    head = FastRCNNHead.on(backbone, 4, roi_op).double()
+    # RoIAlign and the bias-free 1x1 conv are both linear, so they commute; max pooling is not
+    assert (head._projection_first() is not None) == (roi_op == "align")
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(2, 128, 9, 11, dtype=torch.float64, generator=generator)
+    features.requires_grad_(True)
+    corners = torch.rand(6, 2, 2, generator=generator, dtype=torch.float64) * 170 - 5
+    rois = torch.cat(
+        (
+            torch.tensor([0, 0, 0, 1, 1, 1.0])[:, None].double(),
+            corners.min(1)[0],
+            corners.max(1)[0],
+        ),
+        1,
+    )
+    outputs = head(features, rois)
+    reference = head.representation(head.pool(features, rois))
+    expected = (head.cls_score(reference), head.bbox_pred(reference))
+    for got, want in zip(outputs, expected, strict=True):
+        torch.testing.assert_close(got, want)
+    conv = head.representation.reduce.conv.weight
+    grads = torch.autograd.grad(sum(o.sum() for o in outputs), (features, conv))
+    want = torch.autograd.grad(sum(o.sum() for o in expected), (features, conv))
+    for got_grad, want_grad in zip(grads, want, strict=True):
+        torch.testing.assert_close(got_grad, want_grad)
+
+
+def test_heads_without_a_leading_linear_projection_pool_first():
+    for name in ("zf", "resnet18"):
+        assert FastRCNNHead.on(meta_backbone(name), 4, "align")._projection_first() is None
 
 
 def test_small_trains_every_parameter():

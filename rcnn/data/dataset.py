@@ -232,16 +232,12 @@ def _fmt(box: Sequence[float]) -> str:
     return "[" + ", ".join(f"{v:g}" for v in box) + "]"
 
 
-class WithProposals(DetectionDataset):
-    """``dataset`` whose Samples also carry region proposals computed outside the network
-    (R-CNN, SPPNet and Fast R-CNN take selective search's): ``proposals[i]`` is image i's
-    ``(P_i, 4)`` boxes in its original pixels. Everything else is ``dataset``'s."""
+class DatasetView(DetectionDataset):
+    """A data set seen through a wrapper: everything is ``dataset``'s unless overridden."""
 
-    def __init__(self, dataset: DetectionDataset, proposals: Sequence[Tensor]):
-        if len(proposals) != len(dataset):
-            raise ValueError(f"{len(proposals)} proposal sets for {len(dataset)} images")
+    def __init__(self, dataset: DetectionDataset):
         super().__init__(dataset.split, dataset.class_names, dataset.on_bad_sample)
-        self.dataset, self.proposals = dataset, proposals
+        self.dataset = dataset
         self.skipped = dataset.skipped
 
     def __len__(self) -> int:
@@ -261,6 +257,21 @@ class WithProposals(DetectionDataset):
 
     def load_image(self, i: int) -> Tensor:
         return self.dataset.load_image(i)
+
+    def __getitem__(self, i: int) -> Sample:
+        return self.dataset[i]
+
+
+class WithProposals(DatasetView):
+    """``dataset`` whose Samples also carry region proposals computed outside the network
+    (R-CNN, SPPNet and Fast R-CNN take selective search's): ``proposals[i]`` is image i's
+    ``(P_i, 4)`` boxes in its original pixels. Everything else is ``dataset``'s."""
+
+    def __init__(self, dataset: DetectionDataset, proposals: Sequence[Tensor]):
+        if len(proposals) != len(dataset):
+            raise ValueError(f"{len(proposals)} proposal sets for {len(dataset)} images")
+        super().__init__(dataset)
+        self.proposals = proposals
 
     def __getitem__(self, i: int) -> Sample:
         return replace(self.dataset[i], proposals=self.proposals[i])

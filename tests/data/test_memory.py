@@ -1,0 +1,61 @@
+import pytest
+import torch
+
+import rcnn.data.memory as memory
+from rcnn.data.loader import make_loader
+from rcnn.data.memory import InMemory
+from rcnn.data.shapes import ShapesConfig, ShapesDataset
+from rcnn.data.voc import VOCDataset
+from rcnn.errors import BadSampleError, RcnnError
+
+from .conftest import voc_xml
+
+SMALL = ShapesConfig(short_side=(40, 60), objects=(1, 3), min_object_size=8.0)
+
+
+class Counting(ShapesDataset):
+    """Shapes that count how often an image is drawn."""
+
+    draws = 0
+
+    def _generate(self, i):
+        Counting.draws += 1
+        return super()._generate(i)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_holds_the_same_samples_and_draws_each_image_once(threads):
+    Counting.draws = 0
+    plain = ShapesDataset("train", size=5, config=SMALL)
+    cached = InMemory(Counting("train", size=5, config=SMALL), threads=threads)
+    assert Counting.draws == 5
+    for i in range(5):
+        assert torch.equal(cached[i].image, plain[i].image)
+        assert torch.equal(cached.annotation(i).boxes, plain.annotation(i).boxes)
+        assert torch.equal(cached.load_image(i), plain.load_image(i))
+        assert cached.image_id(i) == plain.image_id(i) and cached[i].index == i
+    loader = make_loader(cached, batch_size=2)
+    for _ in range(2):  # two epochs: nothing drawn again
+        assert sorted(s.index for batch in loader for s in batch) == list(range(5))
+    assert Counting.draws == 5
+
+
+def test_a_bad_image_stays_bad_and_is_skipped_by_a_loader(make_voc):
+    root = make_voc({"train": {"a": voc_xml([("dog", (1, 1, 5, 5), False)]), "b": voc_xml([])}})
+    with open(f"{root}/JPEGImages/a.jpg", "wb") as f:
+        f.write(b"\xff\xd8\xff broken")
+    cached = InMemory(VOCDataset(root, "train"), threads=2)
+    for _ in range(2):
+        with pytest.raises(BadSampleError, match=r"a.jpg: .*not an image"):
+            cached[0]
+    assert cached[1].image.shape[0] == 3
+    (batch,) = list(make_loader(cached, batch_size=2, skip_bad=True))
+    assert [s.index for s in batch] == [1] and batch.skipped[0][0].endswith("a.jpg")
+
+
+def test_refuses_images_that_would_not_fit_before_loading_any(monkeypatch):
+    monkeypatch.setattr(memory, "MEMORY_SHARE", 1e-12)
+    Counting.draws = 0
+    with pytest.raises(RcnnError, match=r"train: holding its 3 images in memory needs"):
+        InMemory(Counting("train", size=3, config=SMALL))
+    assert Counting.draws == 0
