@@ -37,7 +37,8 @@ def match_boxes(
     """
     if iou.shape[0] == 0:  # no objects: every box is background, whatever the range says
         return torch.full((iou.shape[1],), NEGATIVE, dtype=torch.int64, device=iou.device)
-    best_iou, matches = iou.max(dim=0)
+    best_iou, best_gt = iou.max(dim=0)
+    matches = best_gt.clone()
     low, high = negative_range
     matches[(best_iou < positive_threshold) & (best_iou >= low) & (best_iou <= high)] = NEGATIVE
     matches[(best_iou < positive_threshold) & ((best_iou < low) | (best_iou > high))] = IGNORE
@@ -45,7 +46,7 @@ def match_boxes(
         best_for_gt = iou.max(dim=1, keepdim=True).values  # (G, 1)
         is_best = (iou == best_for_gt) & (best_for_gt > 0)  # (G, B); no overlap: no match
         boxes = is_best.any(dim=0)
-        matches[boxes] = iou.argmax(dim=0)[boxes]  # each keeps its own best ground truth
+        matches[boxes] = best_gt[boxes]  # each keeps its own best ground truth
     return matches
 
 

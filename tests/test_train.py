@@ -77,6 +77,26 @@ def test_a_resumed_run_ends_with_the_same_weights(tmp_path, monkeypatch):
         assert torch.equal(value, expected[name]), name
 
 
+def test_images_held_in_memory_train_exactly_as_streamed_and_are_drawn_once(tmp_path, monkeypatch):
+    streamed = make_trainer(tmp_path / "streamed")
+    assert streamed.run()
+    draws = {"n": 0}
+    original = ShapesDataset._generate
+
+    def counted(self, i):
+        draws["n"] += 1
+        return original(self, i)
+
+    monkeypatch.setattr(ShapesDataset, "_generate", counted)
+    train = dataclasses.replace(RUN.train, cache_images=True)
+    cached = make_trainer(tmp_path / "cached", dataclasses.replace(RUN, train=train))
+    assert cached.run()
+    assert draws["n"] == 8  # 8 images, 2 epochs
+    expected = weights(streamed)
+    for name, value in weights(cached).items():
+        assert torch.equal(value, expected[name]), name
+
+
 def test_time_budget_stops_cleanly_with_a_checkpoint(tmp_path):
     trainer = make_trainer(tmp_path, time_budget=1e-6)
     assert trainer.run() is False

@@ -69,7 +69,11 @@ def preset(model: ModelName, backbone: str) -> RunConfig:
     images, rate = (2, 0.01) if model == "fast-rcnn" else (4, 0.02)
     # Faster R-CNN from scratch: AdamW and RoIAlign reached mAP50 0.424 on shapes in the demo's
     # 7 minutes where the papers' SGD and RoI max pooling reached 0.233 (README); half the
-    # head's RoIs foreground instead of a quarter: 0.112 against 0.096 after 1,000 steps
+    # head's RoIs foreground instead of a quarter: 0.112 against 0.096 after 1,000 steps;
+    # background RoIs from IoU 0 (Detectron's and torchvision's choice), not only from the
+    # paper's 0.1: 0.655 against 0.590 in 3.5 minutes, the head also sees clutter far from
+    # any object as background; 64 RoIs an image (Fast R-CNN's hierarchical sampling) rather
+    # than 128: 0.692 against 0.671 (32: 0.649, 256: 0.554)
     optimizer, rate = ("adamw", 0.001) if model == "faster-rcnn" else ("sgd", rate)
     return dataclasses.replace(
         config,
@@ -86,12 +90,19 @@ def preset(model: ModelName, backbone: str) -> RunConfig:
             config.faster_rcnn,
             roi_op="align",
             roi_targets=dataclasses.replace(
-                config.faster_rcnn.roi_targets, foreground_fraction=0.5
+                config.faster_rcnn.roi_targets,
+                batch_size_per_image=64,
+                foreground_fraction=0.5,
+                background_iou=(0.0, 0.5),
             ),
+            # a 64-wide RPN conv (the 128-wide one cost 60% of the trunk's MACs) and NMS over
+            # the top 1,000 boxes in training too: 2,250 steps in 3.5 minutes against 2,070,
+            # mAP50 0.671 against 0.655 (no loss beyond the noise)
             rpn=RPNConfig(
                 anchors=AnchorConfig(scales=(1.0, 2.0, 4.0, 8.0, 16.0)),
+                mid_channels=64,
                 proposals=ProposalConfig(
-                    pre_nms_top_n=(2000, 1000), post_nms_top_n=(500, 100), min_size=4.0
+                    pre_nms_top_n=(1000, 1000), post_nms_top_n=(500, 100), min_size=4.0
                 ),
             ),
         ),
