@@ -165,6 +165,7 @@ class Trainer:
             config.train.workers,
             (world.rank, world.size),
             skip_bad=True,  # an image that fails to decode mid-epoch is skipped, not fatal
+            group_by_aspect=True,
         )
         self.position = Position()
         # (path, problem) -> how often it was skipped, over every session of the run

@@ -1,11 +1,14 @@
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rcnn.data.loader import (
     EpochSampler,
     SkippedSample,
     TransformedDataset,
     collate_samples,
+    group_runs,
     make_loader,
 )
 from rcnn.data.shapes import ShapesConfig, ShapesDataset
@@ -84,3 +87,32 @@ def test_without_transform_samples_pass_through():
     batches = list(loader)
     assert [[s.index for s in b] for b in batches] == [[0, 1], [2]]
     assert torch.equal(batches[0][1].image, dataset[1].image)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 2), max_size=40), st.integers(1, 5), st.randoms())
+def test_group_runs_is_a_permutation_in_runs_of_one_group(groups, size, rng):
+    order = list(range(len(groups)))
+    rng.shuffle(order)
+    grouped = group_runs(order, groups, size)
+    assert sorted(grouped) == sorted(order)
+    filled = sum(groups.count(g) // size for g in set(groups)) * size  # every run that fills
+    runs = [grouped[k : k + size] for k in range(0, filled, size)]
+    assert all(len({groups[i] for i in run}) == 1 for run in runs)
+    tail = grouped[filled:]  # what is left: fewer than `size` of each group, in order
+    assert all(sum(groups[i] == g for i in tail) < size for g in set(groups))
+    assert tail == [i for i in order if i in set(tail)]
+
+
+def test_training_batches_share_an_orientation_and_resume_in_place():
+    dataset = ShapesDataset("train", size=40, config=SMALL)
+    portrait = [h > w for h, w in map(dataset.image_size, range(40))]
+    assert 5 < sum(portrait) < 35  # both kinds are there to be grouped
+    loader = make_loader(dataset, batch_size=4, seed=2, group_by_aspect=True)
+    loader.sampler.set_epoch(1)
+    batches = [[s.index for s in batch] for batch in loader]
+    assert sorted(i for b in batches for i in b) == list(range(40))
+    mixed = [b for b in batches if len({portrait[i] for i in b}) > 1]
+    assert len(mixed) <= 1  # at most the leftovers of the two kinds, at the end
+    loader.sampler.set_epoch(1, start=12)
+    assert [[s.index for s in batch] for batch in loader] == batches[3:]
