@@ -121,8 +121,8 @@ def _evaluate(
     use_07_metric: bool,
 ) -> VocResult:
     """Match with ``match`` (steps 1-3), then build each class's curve and AP (step 4)."""
-    _check_inputs(detections, annotations, num_classes, iou_threshold)
     detections, annotations = on_cpu(detections), on_cpu(annotations)
+    _check_inputs(detections, annotations, num_classes, iou_threshold)
     labels, is_tp, counted = match(detections, annotations, iou_threshold)
     num_gt = _count_ground_truth(annotations, num_classes)
     # the detections that count, grouped by class; the stable sort keeps score order

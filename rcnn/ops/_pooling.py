@@ -105,16 +105,21 @@ class _MaxOverBins(torch.autograd.Function):
                 )  # fmt: skip
         empty_rows = rows[..., 1] <= rows[..., 0]  # (U, h)
         empty_cols = cols[..., 1] <= cols[..., 0]  # (U, w)
-        out.masked_fill_((empty_rows[:, :, None] | empty_cols[:, None, :])[:, None], 0)
-        ctx.save_for_backward(local, tables)
+        empty = (empty_rows[:, :, None] | empty_cols[:, None, :])[:, None]  # (U, 1, h, w)
+        out.masked_fill_(empty, 0)
+        ctx.save_for_backward(local, tables, empty)
         ctx.feature_shape = features.shape
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        local, tables = ctx.saved_tensors
+        local, tables, empty = ctx.saved_tensors
         n, c, height, width = ctx.feature_shape
+        # an empty bin passes no gradient whatever its argmax says: over a crop of -inf
+        # sentinels the CPU kernel names the bin's first position (a sentinel), CUDA's names
+        # position 0 of the crop, a real cell
+        grad_out = grad_out.masked_fill(empty, 0)
         # the cell of each output's argmax, (U, h*w*C) as ``local`` is stored
         argmax = tables.gather(1, local.permute(0, 2, 3, 1).reshape(len(tables), -1))
         grad = grad_out.permute(0, 2, 3, 1).reshape(-1, c)
