@@ -25,6 +25,11 @@ resnet50   conv1 .. layer3                      1024   14   layer4 + global aver
 resnet101  conv1 .. layer3                      1024   14   layer4 + global average pool  2048
 =========  ==================================  =====  ===  ===========================  =====
 
+The small backbone also names a finer layer of its trunk, conv3_2 at stride 8, as a ``Tap``:
+Fast R-CNN's head pools it beside the stride-16 map ("skip pooling", as ION and HyperNet
+pooled conv3 and conv4 beside conv5 of VGG16), which a trunk this small needs for the
+shapes of objects that cover one or two cells of the stride-16 map (``rcnn.heads``).
+
 ``p`` is the RoI pooling size the head expects: 7x7 as in Fast R-CNN for VGG16, 6x6 for ZF
 (py-faster-rcnn's ``roi_pool_conv5``, ZF's pool5 being 6x6), and 14x14 for the ResNets, whose
 layer4 starts with a stride-2 block that turns it into 7x7 (the "C4" design of Detectron).
@@ -56,6 +61,46 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+@dataclass(frozen=True)
+class Tap:
+    """A trunk layer (a child of the Trunk, by name) whose output map the detection head pools
+    too: ``channels`` channels at ``stride`` pixels a cell."""
+
+    layer: str
+    stride: int
+    channels: int
+
+
+class Trunk(nn.Sequential):
+    """The convolutional layers, run in order; ``tapped`` also hands back named layers' maps."""
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.tapped(images)[0]
+
+    def tapped(self, images: Tensor, layers: tuple[str, ...] = ()) -> tuple[Tensor, list[Tensor]]:
+        """images (N, 3, H_in, W_in) -> (the last layer's map, [the map of each of ``layers``])."""
+        maps = {}
+        x = images
+        for name, layer in self.named_children():
+            x = layer(x)
+            if name in layers:
+                maps[name] = x
+        missing = [name for name in layers if name not in maps]
+        if missing:
+            raise ValueError(f"the trunk has no layer {missing[0]!r} to tap")
+        return x, [maps[name] for name in layers]
+
+
+def trunk_maps(
+    trunk: nn.Module, images: Tensor, layers: tuple[str, ...] = ()
+) -> tuple[Tensor, list[Tensor]]:
+    """A trunk's last map and the maps of its tapped ``layers`` (a Trunk's ``tapped``); a
+    trunk asked for no taps is simply called, whatever its class."""
+    if not layers:
+        return trunk(images), []
+    return trunk.tapped(images, layers)
+
+
 class Backbone(nn.Module):
     """A trunk and a per-RoI head, and what a detector needs to know to put them together.
 
@@ -65,6 +110,7 @@ class Backbone(nn.Module):
     are named ``fc6`` and ``fc7`` where it has them (Fast R-CNN's truncated SVD replaces them).
     ``frozen`` says whether the paper's fine-tuning set-up is in place (early layers and
     BatchNorm fixed); ``pretrained_report`` is set when ``build_backbone`` loaded a file.
+    ``taps`` name the finer trunk layers a detection head may pool beside the last one.
     """
 
     stride = 16
@@ -72,16 +118,18 @@ class Backbone(nn.Module):
     def __init__(
         self,
         name: str,
-        trunk: nn.Module,
+        trunk: Trunk,
         head: nn.Sequential,
         *,
         out_channels: int,
         representation_size: int,
         pool_size: int,
         frozen: bool,
+        taps: tuple[Tap, ...] = (),
     ):
         super().__init__()
         self.name = name
+        self.taps = taps
         self.trunk = trunk
         self.head = head
         self.out_channels = out_channels
@@ -161,13 +209,20 @@ def _small(frozen: bool) -> Backbone:
         ("conv4_3", 128, 128, 1),
         ("conv4_4", 128, 128, 1),
     ]
-    trunk = nn.Sequential(
+    trunk = Trunk(
         OrderedDict((name, _conv_norm_relu(*spec, nn.BatchNorm2d)) for name, *spec in layers)
     )
     reduce = ("reduce", _conv_norm_relu(128, 32, 1, _group_norm, kernel_size=1))
     head = nn.Sequential(OrderedDict([reduce, *fc_layers(32 * 7 * 7, 256, dropout=0.0)]))
     backbone = Backbone(
-        "small", trunk, head, out_channels=128, representation_size=256, pool_size=7, frozen=frozen
+        "small",
+        trunk,
+        head,
+        out_channels=128,
+        representation_size=256,
+        pool_size=7,
+        frozen=frozen,
+        taps=(Tap("conv3_2", 8, 64),),
     )
     init_from_scratch(backbone)
     return backbone
@@ -239,7 +294,7 @@ def _zf(frozen: bool) -> Backbone:
     floor mode keeps the ceil(H/16) rule of every other backbone. ``frozen`` fixes nothing:
     py-faster-rcnn's end-to-end ZF trains every layer.
     """
-    trunk = nn.Sequential(
+    trunk = Trunk(
         OrderedDict(
             conv1=nn.Conv2d(3, 96, kernel_size=7, stride=2, padding=3),
             relu1=nn.ReLU(inplace=True),
@@ -285,7 +340,7 @@ def _vgg16(frozen: bool) -> Backbone:
         else:
             layers += [nn.Conv2d(channels, item, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
             channels = item
-    trunk = nn.Sequential(*layers)
+    trunk = Trunk(*layers)
     head = nn.Sequential(OrderedDict(fc_layers(512 * 7 * 7, 4096, dropout=0.5)))
     backbone = Backbone(
         "vgg16", trunk, head, out_channels=512, representation_size=4096, pool_size=7, frozen=frozen
@@ -404,7 +459,7 @@ def _resnet(name: str, frozen: bool) -> Backbone:
         relu=nn.ReLU(inplace=True),
         maxpool=nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
     )
-    trunk = nn.Sequential(OrderedDict(**stem, layer1=layers[0], layer2=layers[1], layer3=layers[2]))
+    trunk = Trunk(OrderedDict(**stem, layer1=layers[0], layer2=layers[1], layer3=layers[2]))
     head = nn.Sequential(
         OrderedDict(layer4=layers[3], avgpool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten())
     )

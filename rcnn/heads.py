@@ -9,15 +9,25 @@ FastRCNNHead (Fast R-CNN section 2): each RoI's features are pooled to a fixed p
 max pooling, or RoIAlign), passed through the backbone's per-region layers (fc6, fc7 for
 VGG16) and two sibling layers: a softmax over K + 1 classes and class-specific box regression
 (4 deltas for each of the K + 1 classes; the background's are never trained or used).
+
+Skip pooling (ION, Bell et al. 2016; HyperNet, Kong et al. 2016): where the backbone names
+finer trunk layers (``Tap``), each RoI is also pooled from their maps, at their strides, and
+the pooled grids join the last map's before the per-region layers. The head opens with a 1x1
+convolution; on a concatenation of grids that is the sum of one 1x1 convolution per grid,
+so each tapped map gets its own bias-free 1x1 convolution to the head's width, added before
+the opening block's normalisation. Those start at zero: a new head is the plain head, and
+learns how much of the finer maps to use.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
+from rcnn.backbones import Tap
 from rcnn.box_coder import BoxCoder
 from rcnn.boxes import to_rois
 from rcnn.losses import fast_rcnn_loss
@@ -55,8 +65,9 @@ class RPNHead(nn.Module):
 
 
 class FastRCNNHead(nn.Module):
-    """RoI pooling + the backbone's per-region layers + the two sibling output layers; its
-    training loss on sampled RoIs and its test-time detections."""
+    """RoI pooling (of the last map and of any tapped finer maps) + the backbone's per-region
+    layers + the two sibling output layers; its training loss on sampled RoIs and its
+    test-time detections."""
 
     def __init__(
         self,
@@ -66,6 +77,7 @@ class FastRCNNHead(nn.Module):
         pool_size: int,
         spatial_scale: float,
         roi_op: RoIOp = "pool",
+        taps: tuple[Tap, ...] = (),
     ):
         super().__init__()
         self.representation = representation
@@ -79,10 +91,15 @@ class FastRCNNHead(nn.Module):
         self.spatial_scale = spatial_scale
         self.roi_op = roi_op
         self.coder = BoxCoder.fast_rcnn()
+        self.taps = taps
+        self.skip = nn.ModuleList(self._skip_projection(tap) for tap in taps)
 
     @classmethod
-    def on(cls, backbone, num_classes: int, roi_op: RoIOp = "pool") -> FastRCNNHead:
-        """The head on a backbone's per-region layers, pooling its stride's feature map."""
+    def on(
+        cls, backbone, num_classes: int, roi_op: RoIOp = "pool", skip_pooling: bool = True
+    ) -> FastRCNNHead:
+        """The head on a backbone's per-region layers, pooling its stride's feature map and,
+        with ``skip_pooling``, the finer maps the backbone taps."""
         return cls(
             backbone.head,
             backbone.representation_size,
@@ -90,40 +107,72 @@ class FastRCNNHead(nn.Module):
             backbone.pool_size,
             1.0 / backbone.stride,
             roi_op,
+            tuple(getattr(backbone, "taps", ())) if skip_pooling else (),
         )
 
-    def pool(self, features: Tensor, rois: Tensor) -> Tensor:
-        """features (N, C, H, W), rois (R, 5) -> (R, C, p, p)."""
-        if self.roi_op == "align":
-            return roi_align(features, rois, self.pool_size, self.spatial_scale, sampling_ratio=2)
-        return roi_pool(features, rois, self.pool_size, self.spatial_scale)
+    @property
+    def tap_layers(self) -> tuple[str, ...]:
+        """The trunk layers whose maps ``forward`` takes as ``taps``, in that order."""
+        return tuple(tap.layer for tap in self.taps)
 
-    def forward(self, features: Tensor, rois: Tensor) -> tuple[Tensor, Tensor]:
-        """-> class logits (R, K+1), class-specific box deltas (R, (K+1)*4).
+    def pool(self, features: Tensor, rois: Tensor, spatial_scale: float | None = None) -> Tensor:
+        """features (N, C, H, W), rois (R, 5) -> (R, C, p, p); the last map's scale by default."""
+        scale = self.spatial_scale if spatial_scale is None else spatial_scale
+        if self.roi_op == "align":
+            return roi_align(features, rois, self.pool_size, scale, sampling_ratio=2)
+        return roi_pool(features, rois, self.pool_size, scale)
+
+    def forward(
+        self, features: Tensor, rois: Tensor, taps: Sequence[Tensor] = ()
+    ) -> tuple[Tensor, Tensor]:
+        """features (N, C, H, W), rois (R, 5) and the tapped maps (N, C_t, H_t, W_t), one per
+        ``self.taps`` -> class logits (R, K+1), class-specific box deltas (R, (K+1)*4).
 
         When the per-region layers open with a bias-free 1x1 convolution (the small backbone's
-        channel reduction) and the pooling is RoIAlign, the convolution runs on the feature map
-        before pooling instead of on every pooled RoI: both are linear, so they commute, and
-        the map (N x H x W positions) is far smaller than the RoIs (R x p x p), which then
-        pool the reduced channels. The same function, a fraction of the work.
+        channel reduction), it is applied per pooled map and the results summed, with each
+        tapped map's own convolution (skip pooling). With RoIAlign it runs on each map before
+        pooling instead of on every pooled RoI: both are linear, so they commute, and the map
+        (N x H x W positions) is far smaller than the RoIs (R x p x p). The same function, a
+        fraction of the work.
         """
-        projection = self._projection_first()
-        if projection is None:
+        block = self._opening_projection()
+        if block is None:
             x = self.representation(self.pool(features, rois))
         else:
-            x = self.pool(projection[0](features), rois)
-            x = self.representation[1:](projection[1:](x))
+            x = self._projected_pool(block[0], features, rois, self.spatial_scale)
+            for conv, tap, tapped in zip(self.skip, self.taps, taps, strict=True):
+                x = x + self._projected_pool(conv, tapped, rois, 1.0 / tap.stride)
+            x = self.representation[1:](block[1:](x))
         return self.cls_score(x), self.bbox_pred(x)
 
-    def _projection_first(self) -> nn.Sequential | None:
-        """The opening (1x1 conv, ...) block of the per-region layers when it may run before
-        RoIAlign (see forward), else None."""
+    def _projected_pool(self, conv: nn.Conv2d, features: Tensor, rois: Tensor, scale: float):
+        """``conv`` (bias-free 1x1) of the RoIs pooled from ``features``: before RoIAlign
+        (they commute), after RoI max pooling (they do not)."""
+        if self.roi_op == "align":
+            return self.pool(conv(features), rois, scale)
+        return conv(self.pool(features, rois, scale))
+
+    def _opening_projection(self) -> nn.Sequential | None:
+        """The per-region layers' opening (1x1 conv, ...) block when its convolution is linear
+        and bias-free (see forward), else None."""
         first = self.representation[0] if isinstance(self.representation, nn.Sequential) else None
-        if self.roi_op != "align" or not isinstance(first, nn.Sequential) or not len(first):
+        if not isinstance(first, nn.Sequential) or not len(first):
             return None
         conv = first[0]
         linear = isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1) and conv.bias is None
         return first if linear and conv.stride == (1, 1) and conv.groups == 1 else None
+
+    def _skip_projection(self, tap: Tap) -> nn.Conv2d:
+        """A tapped map's bias-free 1x1 convolution to the opening block's width, zero at first."""
+        block = self._opening_projection()
+        if block is None:
+            raise ValueError(
+                f"skip pooling of {tap.layer!r} needs per-region layers that open with a "
+                "bias-free 1x1 convolution"
+            )
+        conv = nn.Conv2d(tap.channels, block[0].out_channels, 1, bias=False)
+        nn.init.zeros_(conv.weight)
+        return conv
 
     def loss(
         self,
@@ -132,6 +181,7 @@ class FastRCNNHead(nn.Module):
         gt_boxes: list[Tensor],
         gt_labels: list[Tensor],
         config: ProposalTargetConfig,
+        taps: Sequence[Tensor] = (),
     ) -> dict[str, Tensor]:
         """Sample RoIs per image (proposal target layer), then the multi-task loss on them.
 
@@ -146,7 +196,7 @@ class FastRCNNHead(nn.Module):
             torch.cat((p, b.to(p.dtype)))[s.indices]
             for p, b, s in zip(proposals, gt_boxes, sampled, strict=True)
         ]
-        logits, deltas = self(features, to_rois(boxes))
+        logits, deltas = self(features, to_rois(boxes), taps)
         labels = torch.cat([s.labels for s in sampled])
         targets = torch.cat([s.targets for s in sampled])
         return fast_rcnn_loss(logits, deltas, labels, targets)
@@ -157,9 +207,10 @@ class FastRCNNHead(nn.Module):
         proposals: list[Tensor],
         image_sizes: list[tuple[int, int]],
         config: DetectionConfig,
+        taps: Sequence[Tensor] = (),
     ) -> list[Detections]:
         """Score and refine every proposal, then per-class NMS, image by image."""
-        logits, deltas = self(features, to_rois(proposals))
+        logits, deltas = self(features, to_rois(proposals), taps)
         probabilities = torch.softmax(logits, dim=1)  # (R, K+1)
         rois = torch.cat(proposals)
         boxes = self.coder.decode(deltas, rois)  # (R, (K+1)*4)

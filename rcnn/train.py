@@ -34,6 +34,7 @@ from torch import nn
 from tqdm import tqdm
 
 from rcnn import checkpoint, distributed
+from rcnn.backbones import Trunk
 from rcnn.data.dataset import DetectionDataset
 from rcnn.data.loader import make_loader
 from rcnn.data.memory import InMemory
@@ -400,8 +401,11 @@ def prepare_model(model: nn.Module, config: TrainConfig, world: World) -> nn.Mod
         # (torch.compile(module) would prefix them with _orig_mod.), and a deep copy (alternating
         # training's proposal trunk) binds it to the copy. nn.Module.compile() would be simpler,
         # but in torch 2.13 Dynamo skips it (Module._call_impl is in its skip list).
+        # A Trunk's forward runs its ``tapped``, which the detectors with skip pooling call
+        # themselves: compiling that one compiles both.
         trunk = model.trunk
-        trunk.forward = types.MethodType(torch.compile(type(trunk).forward), trunk)
+        method = "tapped" if isinstance(trunk, Trunk) else "forward"
+        setattr(trunk, method, types.MethodType(torch.compile(getattr(type(trunk), method)), trunk))
     return model
 
 

@@ -12,9 +12,11 @@ import rcnn.backbones as backbones
 from rcnn.backbones import (
     BACKBONE_NAMES,
     FrozenBatchNorm2d,
+    Tap,
     WithinChannelLRN,
     build_backbone,
     load_pretrained,
+    trunk_maps,
 )
 from rcnn.errors import RcnnError
 from rcnn.heads import FastRCNNHead
@@ -285,25 +287,25 @@ def test_small_normalises_the_trunk_by_batch_and_the_head_by_region():
     torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-5)
 
 
+def random_rois(count: int, images: int, extent: float, generator) -> torch.Tensor:
+    """(count, 5) RoIs spread over ``images`` images, corners in [-5, extent - 5], float64."""
+    corners = torch.rand(count, 2, 2, generator=generator, dtype=torch.float64) * extent - 5
+    image = (torch.arange(count) * images // count).double()[:, None]
+    return torch.cat((image, corners.min(1)[0], corners.max(1)[0]), 1)
+
+
 @pytest.mark.parametrize("roi_op", ["align", "pool"])
 def test_small_head_reduces_channels_before_roialign_with_the_same_result(roi_op):
     backbone = build_backbone("small").double()
-    head = FastRCNNHead.on(backbone, 4, roi_op).double()
-    # RoIAlign and the bias-free 1x1 conv are both linear, so they commute; max pooling is not
-    assert (head._projection_first() is not None) == (roi_op == "align")
+    head = FastRCNNHead.on(backbone, 4, roi_op, skip_pooling=False).double()
+    assert head._opening_projection() is backbone.head.reduce
     generator = torch.Generator().manual_seed(0)
     features = torch.randn(2, 128, 9, 11, dtype=torch.float64, generator=generator)
     features.requires_grad_(True)
-    corners = torch.rand(6, 2, 2, generator=generator, dtype=torch.float64) * 170 - 5
-    rois = torch.cat(
-        (
-            torch.tensor([0, 0, 0, 1, 1, 1.0])[:, None].double(),
-            corners.min(1)[0],
-            corners.max(1)[0],
-        ),
-        1,
-    )
+    rois = random_rois(6, 2, 170, generator)
     outputs = head(features, rois)
+    # RoIAlign and the bias-free 1x1 conv are both linear, so they commute; max pooling is not,
+    # and there the conv runs after it: both ways equal the per-region layers on pooled RoIs
     reference = head.representation(head.pool(features, rois))
     expected = (head.cls_score(reference), head.bbox_pred(reference))
     for got, want in zip(outputs, expected, strict=True):
@@ -315,9 +317,61 @@ def test_small_head_reduces_channels_before_roialign_with_the_same_result(roi_op
         torch.testing.assert_close(got_grad, want_grad)
 
 
+@pytest.mark.parametrize("roi_op", ["align", "pool"])
+def test_skip_pooling_is_one_1x1_conv_over_the_concatenated_grids(roi_op):
+    backbone = build_backbone("small").double()
+    head = FastRCNNHead.on(backbone, 4, roi_op).double()
+    assert head.tap_layers == ("conv3_2",) and head.taps[0].stride == 8
+    generator = torch.Generator().manual_seed(1)
+    skip = head.skip[0].weight
+    with torch.no_grad():
+        skip.copy_(torch.randn(skip.shape, generator=generator, dtype=torch.float64))
+    features = torch.randn(2, 128, 9, 11, dtype=torch.float64, generator=generator)
+    tapped = torch.randn(2, 64, 18, 22, dtype=torch.float64, generator=generator)
+    rois = random_rois(6, 2, 170, generator)
+    logits, deltas = head(features, rois, [tapped])
+    # ION's form: both grids pooled, concatenated, one 1x1 conv over the 192 channels
+    grids = torch.cat((head.pool(features, rois), head.pool(tapped, rois, 1 / 8)), 1)
+    reduce = head.representation.reduce
+    weight = torch.cat((reduce.conv.weight, skip), 1)  # (32, 128 + 64, 1, 1)
+    x = reduce.relu(reduce.norm(torch.nn.functional.conv2d(grids, weight)))
+    reference = head.representation[1:](x)
+    torch.testing.assert_close(logits, head.cls_score(reference))
+    torch.testing.assert_close(deltas, head.bbox_pred(reference))
+
+
+def test_a_new_skip_pooling_head_is_the_plain_head_and_learns_from_the_tap():
+    torch.manual_seed(0)
+    backbone = build_backbone("small")
+    with_skip = FastRCNNHead.on(backbone, 4, "align")
+    plain = FastRCNNHead.on(backbone, 4, "align", skip_pooling=False)
+    plain.load_state_dict(with_skip.state_dict(), strict=False)  # the same weights, less skip
+    images = torch.randn(2, 3, 96, 128)
+    features, taps = trunk_maps(backbone.trunk, images, with_skip.tap_layers)
+    assert taps[0].shape == (2, 64, 12, 16)  # conv3_2: stride 8
+    rois = random_rois(5, 2, 120, torch.Generator().manual_seed(2)).float()
+    torch.testing.assert_close(with_skip(features, rois, taps), plain(features, rois))
+    with_skip(features, rois, taps)[0].square().sum().backward()
+    assert with_skip.skip[0].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError):  # the tapped maps cannot be left out
+        with_skip(features, rois)
+
+
+def test_trunk_taps_its_named_layers_and_refuses_unknown_ones():
+    trunk = build_backbone("small").trunk
+    images = torch.randn(1, 3, 64, 64)
+    last, (conv2_2, conv3_2) = trunk.tapped(images, ("conv2_2", "conv3_2"))
+    assert conv2_2.shape == (1, 32, 16, 16) and conv3_2.shape == (1, 64, 8, 8)
+    torch.testing.assert_close(last, trunk(images))
+    with pytest.raises(ValueError, match="conv9"):
+        trunk.tapped(images, ("conv9",))
+    with pytest.raises(ValueError, match="1x1"):  # VGG16's fc6 cannot take a second grid
+        FastRCNNHead(meta_backbone("vgg16").head, 4096, 4, 7, 1 / 16, "align", (Tap("x", 8, 64),))
+
+
 def test_heads_without_a_leading_linear_projection_pool_first():
     for name in ("zf", "resnet18"):
-        assert FastRCNNHead.on(meta_backbone(name), 4, "align")._projection_first() is None
+        assert FastRCNNHead.on(meta_backbone(name), 4, "align")._opening_projection() is None
 
 
 def test_small_trains_every_parameter():

@@ -23,6 +23,7 @@ from typing import Literal
 
 from torch import Tensor, nn
 
+from rcnn.backbones import trunk_maps
 from rcnn.heads import FastRCNNHead, RoIOp
 from rcnn.postprocess import DetectionConfig
 from rcnn.proposal_targets import ProposalTargetConfig
@@ -42,6 +43,7 @@ class FastRCNNConfig:
         default_factory=lambda: ProposalTargetConfig(batch_size_per_image=64)
     )
     roi_op: RoIOp = "pool"
+    skip_pooling: bool = True  # also pool the finer maps the backbone taps (small: conv3_2)
     detection: DetectionConfig = field(default_factory=DetectionConfig)
 
 
@@ -51,7 +53,7 @@ class FastRCNN(nn.Module):
         self.config = config
         self.proposal_mode = config.proposal_mode  # proposals come from outside (Detector, runs)
         self.trunk = backbone.trunk
-        self.head = FastRCNNHead.on(backbone, num_classes, config.roi_op)
+        self.head = FastRCNNHead.on(backbone, num_classes, config.roi_op, config.skip_pooling)
         self.pixel_stats = (tuple(backbone.pixel_mean), tuple(backbone.pixel_std))
         self.stages = (STAGE,)
 
@@ -60,15 +62,16 @@ class FastRCNN(nn.Module):
         in the batch's (resized) pixels. ``batch.proposals`` must be set (resized pixels)."""
         if batch.proposals is None:
             raise ValueError("Fast R-CNN needs region proposals: ImageBatch.proposals is None")
-        features = self.trunk(batch.images)  # 1. the feature map, once per image
+        # 1. the feature map, once per image (and the finer maps the head also pools)
+        features, taps = trunk_maps(self.trunk, batch.images, self.head.tap_layers)
         if not self.training:  # 2, 4, 5.
             return self.head.detect(
-                features, batch.proposals, batch.image_sizes, self.config.detection
+                features, batch.proposals, batch.image_sizes, self.config.detection, taps
             )
         gt_boxes, gt_labels = batch.training_targets()
         # 2-4. sample 64 RoIs per image, pool them, fc6/fc7, multi-task loss
         return self.head.loss(
-            features, batch.proposals, gt_boxes, gt_labels, self.config.roi_targets
+            features, batch.proposals, gt_boxes, gt_labels, self.config.roi_targets, taps
         )
 
     def set_stage(self, stage: str) -> None:

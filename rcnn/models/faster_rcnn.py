@@ -28,6 +28,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from rcnn.backbones import trunk_maps
 from rcnn.heads import FastRCNNHead, RoIOp
 from rcnn.postprocess import DetectionConfig
 from rcnn.proposal_targets import ProposalTargetConfig
@@ -56,6 +57,7 @@ class FasterRCNNConfig:
     rpn: RPNConfig = field(default_factory=RPNConfig)
     roi_targets: ProposalTargetConfig = field(default_factory=ProposalTargetConfig)
     roi_op: RoIOp = "pool"
+    skip_pooling: bool = True  # also pool the finer maps the backbone taps (small: conv3_2)
     detection: DetectionConfig = field(default_factory=DetectionConfig)
     scheme: Scheme = "approximate-joint"
 
@@ -70,7 +72,7 @@ class FasterRCNN(nn.Module):
         )  # RoI pooling has no box gradient
         self.trunk = backbone.trunk
         self.rpn = RegionProposalNetwork(backbone.out_channels, config.rpn)
-        self.head = FastRCNNHead.on(backbone, num_classes, roi_op)
+        self.head = FastRCNNHead.on(backbone, num_classes, roi_op, config.skip_pooling)
         self.pixel_stats = (tuple(backbone.pixel_mean), tuple(backbone.pixel_std))
         self.frozen = {name for name, p in self.named_parameters() if not p.requires_grad}
         self.proposal_trunk: nn.Module | None = None  # alternating training, step 2 only
@@ -83,10 +85,12 @@ class FasterRCNN(nn.Module):
     def forward(self, batch: ImageBatch) -> dict[str, Tensor] | list[Detections]:
         """Training: the losses of the current stage. Evaluation (steps 1, 2, 4, 5): one
         Detections per image, in the batch's (resized) pixels."""
-        features = self.trunk(batch.images)  # 1. the shared feature map
+        # 1. the shared feature map (and the finer maps the head also pools)
+        features, taps = trunk_maps(self.trunk, batch.images, self.head.tap_layers)
         if not self.training:
             proposals, _ = self.rpn(features, batch.image_sizes, batch.scales)  # 2.
-            return self.head.detect(features, proposals, batch.image_sizes, self.config.detection)
+            detection = self.config.detection
+            return self.head.detect(features, proposals, batch.image_sizes, detection, taps)
         gt_boxes, gt_labels = batch.training_targets()
         parts = STAGE_PARTS[self.stage]
         proposals, losses = self.rpn(
@@ -98,7 +102,9 @@ class FasterRCNN(nn.Module):
         )
         if "head" in parts:  # 3-4.
             roi_config = self.config.roi_targets
-            losses.update(self.head.loss(features, proposals, gt_boxes, gt_labels, roi_config))
+            losses.update(
+                self.head.loss(features, proposals, gt_boxes, gt_labels, roi_config, taps)
+            )
         return losses
 
     def proposal_features(self, batch: ImageBatch, features: Tensor) -> Tensor:
