@@ -61,11 +61,23 @@ def propose(
         keep = remove_small_boxes(boxes, config.min_size * image_scale)
         # 4. top-N by objectness; equal scores in anchor order (flat backgrounds give many),
         # so that every device, and ONNX's TopK, takes the same ones
-        scores = objectness.detach()[keep]
-        order = torch.sort(scores, descending=True, stable=True).indices[:pre_nms]
-        keep = keep[order]
-        # 5-6. NMS, then top-N again
-        keep = keep[
-            nms(boxes.detach()[keep], objectness.detach()[keep], config.nms_threshold)[:post_nms]
-        ]
+        keep = keep[top_n(objectness.detach()[keep], pre_nms)]
+        # 5-6. NMS, stopping once it has the top N
+        kept = nms(
+            boxes.detach()[keep], objectness.detach()[keep], config.nms_threshold, top_k=post_nms
+        )
+        keep = keep[kept]
     return boxes[keep], objectness[keep]
+
+
+def top_n(scores: Tensor, n: int) -> Tensor:
+    """Indices of the ``n`` highest of ``scores (B,)``, best first, equal scores in index
+    order: a stable descending sort's first ``n``, without sorting all B (8,640 anchors'
+    scores for a 320 x 427 image: 0.5 -> 0.1 ms here)."""
+    if torch.compiler.is_exporting() or not 0 < n < scores.numel():  # export: one TopK node
+        return torch.sort(scores, descending=True, stable=True).indices[:n]
+    nth = torch.topk(scores, n, sorted=False).values.min()  # the n-th highest score
+    above = torch.nonzero(scores > nth).flatten()  # fewer than n, in index order
+    tied = torch.nonzero(scores == nth).flatten()[: n - above.numel()]
+    chosen = torch.cat((above, tied))
+    return chosen[torch.sort(scores[chosen], descending=True, stable=True).indices]
