@@ -128,43 +128,41 @@ def _greedy_blocks(
 ) -> Tensor:
     remaining, kept, n_kept = order, [], 0
     while remaining.numel() > 0 and (top_k is None or n_kept < top_k):
-        size = min(_BLOCK, remaining.numel())
-        block = remaining[:size]
-        # grouped by label: only a prefix of the boxes left can share a label with the block
-        near, far = _same_label_prefix(remaining, block, labels)
-        # S[i, j]: block box i would suppress box j, over the block and the boxes after it
-        suppresses = _overlaps(boxes[block], boxes[near], threshold)
-        if labels is not None:
-            suppresses &= labels[block][:, None] == labels[near][None, :]
+        block, later = remaining[:_BLOCK], remaining[_BLOCK:]
+        block_labels = None if labels is None else labels[block]
         # 1. greedy inside the block
-        keep = _greedy_within_block(suppresses[:, :size].triu(diagonal=1), boxes.dtype)
-        kept.append(block[keep])
-        n_kept += kept[-1].numel()
+        winners = block[_greedy_within_block(boxes[block], block_labels, threshold)]
+        kept.append(winners)
+        n_kept += winners.numel()
         # 2. the block's kept boxes remove the later boxes they suppress
-        later = near[size:][~suppresses[keep, size:].any(dim=0)]
-        remaining = torch.cat([later, far]) if far.numel() else later
+        remaining = _survivors(boxes, winners, later, labels, threshold)
     kept = torch.cat(kept) if kept else order[:0]
     return kept if top_k is None else kept[:top_k]
 
 
-def _same_label_prefix(
-    remaining: Tensor, block: Tensor, labels: Tensor | None
-) -> tuple[Tensor, Tensor]:
-    """``remaining (P,)`` split into the boxes that may share a label with ``block`` (a prefix,
-    as they are grouped by label) and the rest; all of them share one without labels."""
+def _survivors(
+    boxes: Tensor, winners: Tensor, later: Tensor, labels: Tensor | None, threshold: float
+) -> Tensor:
+    """The indices ``later (P,)`` that no box of ``winners (k,)`` suppresses, in order."""
     if labels is None:
-        return remaining, remaining[:0]
-    end = int(torch.searchsorted(labels[remaining], labels[block].max(), right=True))
-    return remaining[:end], remaining[end:]
+        return later[~_overlaps(boxes[winners], boxes[later], threshold).any(dim=0)]
+    # grouped by label: only a prefix of ``later`` can share a label with the winners
+    end = int(torch.searchsorted(labels[later], labels[winners].max(), right=True))
+    near, far = later[:end], later[end:]
+    same = labels[winners][:, None] == labels[near][None, :]
+    doomed = (_overlaps(boxes[winners], boxes[near], threshold) & same).any(dim=0)
+    return torch.cat([near[~doomed], far])
 
 
-def _greedy_within_block(suppresses: Tensor, dtype: torch.dtype) -> Tensor:
-    """Greedy answer inside one block, from its ``suppresses (b, b)`` matrix (S[i, j] with
-    i < j, in score order) -> keep mask ``(b,)``."""
-    weights = suppresses.to(dtype)
-    keep = torch.ones(suppresses.shape[0], dtype=torch.bool, device=suppresses.device)
+def _greedy_within_block(boxes: Tensor, labels: Tensor | None, threshold: float) -> Tensor:
+    """Greedy answer inside one block of score-ordered ``boxes (b, 4)`` -> keep mask ``(b,)``."""
+    suppresses = _overlaps(boxes, boxes, threshold).triu_(diagonal=1)  # S[i, j], i < j
+    if labels is not None:
+        suppresses &= labels[:, None] == labels[None, :]
+    weights = suppresses.to(boxes.dtype)
+    keep = torch.ones(boxes.shape[0], dtype=torch.bool, device=boxes.device)
     while True:  # keep[j] = no kept i < j suppresses j; at most b rounds, usually a few
-        new_keep = (keep.to(dtype) @ weights) == 0
+        new_keep = (keep.to(boxes.dtype) @ weights) == 0
         if torch.equal(new_keep, keep):
             return keep
         keep = new_keep
