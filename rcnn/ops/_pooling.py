@@ -116,13 +116,15 @@ class _MaxOverBins(torch.autograd.Function):
     def backward(ctx, grad_out):
         local, tables, empty = ctx.saved_tensors
         n, c, height, width = ctx.feature_shape
-        # an empty bin passes no gradient whatever its argmax says: over a crop of -inf
-        # sentinels the CPU kernel names the bin's first position (a sentinel), CUDA's names
-        # position 0 of the crop, a real cell
-        grad_out = grad_out.masked_fill(empty, 0)
         # the cell of each output's argmax, (U, h*w*C) as ``local`` is stored
         argmax = tables.gather(1, local.permute(0, 2, 3, 1).reshape(len(tables), -1))
-        grad = grad_out.permute(0, 2, 3, 1).reshape(-1, c)
+        grad = grad_out.permute(0, 2, 3, 1).reshape(-1, c)  # (U*h*w, C)
+        if empty.any():
+            # an empty bin passes no gradient whatever its argmax says: over a crop of -inf
+            # sentinels the CPU kernel names the bin's first position (a sentinel), CUDA's
+            # names position 0 of the crop, a real cell. Masked here, in grad_out's own
+            # channels-last order: masking (U, C, h, w) first cost a transposing copy
+            grad = grad.masked_fill(empty.reshape(-1, 1), 0)
         # the gradient of ``cells``; its last cell, the sentinel, is dropped
         grad_cells = grad_out.new_zeros((n * height * width + 1, c))
         grad_cells.scatter_add_(0, argmax.reshape(-1, c), grad)

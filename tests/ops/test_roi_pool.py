@@ -39,6 +39,15 @@ def test_hand_computed_bins_and_empty_bins():
     assert roi_pool(features, torch.tensor([[0.0, 50, 50, 60, 60]]), 2, 1.0).abs().sum() == 0
 
 
+def test_empty_bins_pass_no_gradient():
+    features = torch.arange(16.0).view(1, 1, 4, 4).requires_grad_()
+    rois = torch.tensor([[0.0, 2, 2, 5, 5], [0.0, 50, 50, 60, 60]])  # 3 of 4 bins, all bins off
+    roi_pool(features, rois, 2, 1.0).backward(torch.full((2, 1, 2, 2), 2.0))
+    expected = torch.zeros(16)
+    expected[15] = 2.0  # the one bin on the map
+    assert features.grad.flatten().tolist() == expected.tolist()
+
+
 @pytest.mark.parametrize("output_size", [1, 2, (3, 5), 7])
 @pytest.mark.parametrize("scale", [1 / 16, 1 / 8, 0.3])
 def test_matches_reference(output_size, scale, random_rois):
