@@ -23,7 +23,7 @@ from rcnn.optim import make_optimizer
 
 # (model, backbone, image size (H, W)): the small backbone at its preset's test size, VGG16 at
 # the papers' 600 x 1000
-CASES = [("faster-rcnn", "small", (320, 426)), ("faster-rcnn", "vgg16", (600, 1000))]
+CASES = [("faster-rcnn", "small", (384, 512)), ("faster-rcnn", "vgg16", (600, 1000))]
 MEMORY_ITERATIONS = 40
 
 
