@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rcnn.errors import RcnnError
+from rcnn.structures import ImageBatch
 from rcnn.weights import read_weight_file
 
 BACKBONE_NAMES = ("small", "zf", "vgg16", "resnet18", "resnet50", "resnet101")
@@ -99,6 +100,19 @@ def trunk_maps(
     if not layers:
         return trunk(images), []
     return trunk.tapped(images, layers)
+
+
+def test_maps(
+    trunk: nn.Module, batch: ImageBatch, layers: tuple[str, ...], flip: bool
+) -> tuple[Tensor, list[Tensor], tuple[Tensor, list[Tensor]] | None]:
+    """A test batch's maps as ``trunk_maps`` gives them and, for flip testing, those of its
+    mirrored images (``head.detect``'s ``mirrored``), from one trunk pass over the 2N images."""
+    if not flip:
+        return (*trunk_maps(trunk, batch.images, layers), None)
+    n = batch.images.shape[0]
+    both = torch.cat((batch.images, batch.mirrored_images()))
+    features, taps = trunk_maps(trunk, both, layers)
+    return features[:n], [t[:n] for t in taps], (features[n:], [t[n:] for t in taps])
 
 
 class Backbone(nn.Module):

@@ -111,6 +111,13 @@ def cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
     return torch.stack((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), dim=-1)
 
 
+def hflip_boxes(boxes: Tensor, width: float | Tensor) -> Tensor:
+    """``(..., 4)`` xyxy boxes mirrored left-right in images ``width`` wide (a number, or a
+    tensor broadcasting against ``boxes[..., 0]``): x -> width - x, the two x corners swapped."""
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    return torch.stack((width - x2, y1, width - x1, y2), dim=-1)
+
+
 def _check_boxes(boxes: Tensor, name: str) -> None:
     if boxes.dim() != 2 or boxes.shape[-1] != 4:
         raise ValueError(f"{name} must be (B, 4) xyxy boxes, got shape {tuple(boxes.shape)}")

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from rcnn.backbones import Tap
 from rcnn.box_coder import BoxCoder
-from rcnn.boxes import to_rois
+from rcnn.boxes import hflip_boxes, to_rois
 from rcnn.losses import fast_rcnn_loss
 from rcnn.ops import roi_align, roi_pool
 from rcnn.postprocess import DetectionConfig, select_detections
@@ -208,13 +208,21 @@ class FastRCNNHead(nn.Module):
         image_sizes: list[tuple[int, int]],
         config: DetectionConfig,
         taps: Sequence[Tensor] = (),
+        mirrored: tuple[Tensor, Sequence[Tensor]] | None = None,
     ) -> list[Detections]:
-        """Score and refine every proposal, then per-class NMS, image by image."""
-        logits, deltas = self(features, to_rois(proposals), taps)
-        probabilities = torch.softmax(logits, dim=1)  # (R, K+1)
-        rois = torch.cat(proposals)
-        boxes = self.coder.decode(deltas, rois)  # (R, (K+1)*4)
-        boxes = boxes.reshape(rois.shape[0], logits.shape[1], 4)  # -> (R, K+1, 4), also for R = 0
+        """Score and refine every proposal, then per-class NMS, image by image. ``mirrored``:
+        the maps (and tapped maps) of the left-right mirrored images, for flip testing: each
+        proposal is also scored there, mirrored, and the class probabilities and the boxes of
+        the two views averaged."""
+        rois = to_rois(proposals)
+        probabilities, boxes = self.score(features, rois, taps)
+        if mirrored is not None:
+            mirror_features, mirror_taps = mirrored
+            widths = rois.new_tensor([w for _, w in image_sizes])[rois[:, 0].long()]
+            mirror_rois = torch.cat((rois[:, :1], hflip_boxes(rois[:, 1:], widths)), dim=1)
+            other_probabilities, other_boxes = self.score(mirror_features, mirror_rois, mirror_taps)
+            probabilities = (probabilities + other_probabilities) / 2
+            boxes = (boxes + hflip_boxes(other_boxes, widths[:, None])) / 2
         counts = [p.shape[0] for p in proposals]
         return [
             select_detections(b[:, 1:], s[:, 1:], size, config)  # the background column dropped
@@ -222,3 +230,12 @@ class FastRCNNHead(nn.Module):
                 boxes.split(counts), probabilities.split(counts), image_sizes, strict=True
             )
         ]
+
+    def score(
+        self, features: Tensor, rois: Tensor, taps: Sequence[Tensor] = ()
+    ) -> tuple[Tensor, Tensor]:
+        """rois (R, 5) -> class probabilities (R, K+1) and each class's refined box (R, K+1, 4)."""
+        logits, deltas = self(features, rois, taps)
+        boxes = self.coder.decode(deltas, rois[:, 1:])  # (R, (K+1)*4)
+        boxes = boxes.reshape(rois.shape[0], logits.shape[1], 4)  # -> (R, K+1, 4), also for R = 0
+        return torch.softmax(logits, dim=1), boxes

@@ -3,6 +3,10 @@
 The test-time step shared by the lineage (R-CNN section 2.2, Fast R-CNN section 4): for each
 class independently, drop scores under a threshold (0.05), suppress with NMS (IoU 0.3), then
 keep the highest-scoring detections over all classes (100 per image).
+
+``flip`` turns on flip testing (test-time augmentation, Detectron's ``TEST.BBOX_AUG.H_FLIP``):
+each proposal is also scored and refined on the mirrored image, and the two class
+probabilities and the two boxes are averaged before the step above.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ class DetectionConfig:
     score_threshold: float = 0.05
     nms_threshold: float = 0.3
     max_detections: int = 100
+    flip: bool = False
 
 
 def select_detections(

@@ -91,6 +91,14 @@ class ImageBatch:
             self.images.to(device), self.image_sizes, self.scales, annotations, proposals
         )
 
+    def mirrored_images(self) -> Tensor:
+        """``images`` mirrored left-right, each within its own width, so that the padding stays
+        at the right as for a training image flipped before batching: (N, 3, H, W)."""
+        mirrored = torch.zeros_like(self.images)
+        for i, (h, w) in enumerate(self.image_sizes):
+            mirrored[i, :, :h, :w] = self.images[i, :, :h, :w].flip(-1)
+        return mirrored
+
     def training_targets(self) -> tuple[list[Tensor], list[Tensor]]:
         """Per image, the boxes (G_i, 4) and labels (G_i,) to train on: difficult ones left out."""
         if self.annotations is None:

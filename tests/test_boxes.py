@@ -9,6 +9,7 @@ from rcnn.boxes import (
     box_iou_reference,
     clip_boxes,
     cxcywh_to_xyxy,
+    hflip_boxes,
     remove_small_boxes,
     xyxy_to_cxcywh,
 )
@@ -108,3 +109,10 @@ def test_box_ops_take_any_floats(a, b, image_size):
     assert clipped.shape == a.shape and not (x < 0).any() and not (x > width).any()
     assert not (y < 0).any() and not (y > height).any()
     assert torch.isnan(clipped).eq(torch.isnan(a)).all()  # NaN is kept, never invented
+
+
+def test_hflip_boxes_takes_a_width_per_box():
+    boxes = torch.tensor([[[1.0, 2.0, 4.0, 6.0]], [[0.0, 0.0, 10.0, 3.0]]])  # (2, 1, 4)
+    widths = torch.tensor([10.0, 12.0])[:, None]
+    assert hflip_boxes(boxes, widths).tolist() == [[[6, 2, 9, 6]], [[2, 0, 12, 3]]]
+    assert torch.equal(hflip_boxes(hflip_boxes(boxes, widths), widths), boxes)

@@ -4,10 +4,11 @@ import pytest
 import torch
 
 from rcnn.anchors import AnchorConfig
-from rcnn.boxes import box_iou
+from rcnn.boxes import box_iou, hflip_boxes, to_rois
 from rcnn.data.dataset import Sample
-from rcnn.data.transforms import make_batch
+from rcnn.data.transforms import hflip, make_batch
 from rcnn.models.faster_rcnn import STAGES, FasterRCNN, FasterRCNNConfig
+from rcnn.postprocess import DetectionConfig, select_detections
 from rcnn.proposals import ProposalConfig
 from rcnn.rpn import RPNConfig
 from rcnn.structures import Annotation
@@ -72,6 +73,34 @@ def test_overfits_one_image_and_finds_its_objects():
         assert same_class.any()
         best = box_iou(box[None], found.boxes[same_class]).max()
         assert best > 0.6, f"class {label}: best IoU {best:.2f}"
+
+
+def test_flip_testing_averages_each_proposal_over_the_image_and_its_mirror():
+    torch.manual_seed(0)
+    config = dataclasses.replace(CONFIG, detection=DetectionConfig(flip=True))
+    model = FasterRCNN(tiny_backbone(), 2, config).eval()
+    samples = [scene([([20, 30, 70, 90], 1)], (128, 100)), scene([([90, 20, 140, 70], 2)])]
+    batch = batch_of(model, samples)
+    with torch.no_grad():
+        found = model(batch)
+        proposals, _ = model.rpn(model.trunk(batch.images), batch.image_sizes, batch.scales)
+        for i, ((h, w), boxes) in enumerate(zip(batch.image_sizes, proposals, strict=True)):
+            # the reference: each view through the trunk alone, mirrored as training mirrors
+            # (before padding: GroupNorm sees the padding too)
+            mirror, mirror_boxes = hflip(batch.images[i, :, :h, :w], boxes)
+            padded_mirror = torch.zeros_like(batch.images[i])
+            padded_mirror[:, :h, :w] = mirror
+            views = [(batch.images[i], boxes), (padded_mirror, mirror_boxes)]
+            scored = [model.head.score(model.trunk(v[None]), to_rois([b])) for v, b in views]
+            (p0, b0), (p1, b1) = scored
+            probabilities, refined = (p0 + p1) / 2, (b0 + hflip_boxes(b1, w)) / 2
+            expected = select_detections(
+                refined[:, 1:], probabilities[:, 1:], (h, w), config.detection
+            )
+            assert len(found[i].boxes) == len(expected.boxes) > 0
+            torch.testing.assert_close(found[i].scores, expected.scores)
+            torch.testing.assert_close(found[i].boxes, expected.boxes)
+            assert torch.equal(found[i].labels, expected.labels)
 
 
 def test_image_without_objects_trains_and_has_no_box_loss():

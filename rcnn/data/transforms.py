@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rcnn.boxes import hflip_boxes
 from rcnn.data.dataset import Sample
 from rcnn.structures import ImageBatch
 
@@ -51,10 +52,7 @@ def resize(image: Tensor, boxes: Tensor, scale: float) -> tuple[Tensor, Tensor]:
 
 def hflip(image: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor]:
     """Mirror ``image (3, H, W)`` left-right and its ``boxes (G, 4)``: x -> W - x."""
-    width = image.shape[-1]
-    flipped = boxes[:, [2, 1, 0, 3]].clone()
-    flipped[:, 0::2] = width - flipped[:, 0::2]
-    return image.flip(-1), flipped
+    return image.flip(-1), hflip_boxes(boxes, image.shape[-1])
 
 
 def normalize(image: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:

@@ -23,7 +23,7 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-from rcnn.backbones import trunk_maps
+from rcnn.backbones import test_maps, trunk_maps
 from rcnn.heads import FastRCNNHead, RoIOp
 from rcnn.postprocess import DetectionConfig
 from rcnn.proposal_targets import ProposalTargetConfig
@@ -63,11 +63,13 @@ class FastRCNN(nn.Module):
         if batch.proposals is None:
             raise ValueError("Fast R-CNN needs region proposals: ImageBatch.proposals is None")
         # 1. the feature map, once per image (and the finer maps the head also pools)
-        features, taps = trunk_maps(self.trunk, batch.images, self.head.tap_layers)
         if not self.training:  # 2, 4, 5.
-            return self.head.detect(
-                features, batch.proposals, batch.image_sizes, self.config.detection, taps
-            )
+            detection = self.config.detection
+            layers = self.head.tap_layers
+            features, taps, mirrored = test_maps(self.trunk, batch, layers, detection.flip)
+            sizes = batch.image_sizes
+            return self.head.detect(features, batch.proposals, sizes, detection, taps, mirrored)
+        features, taps = trunk_maps(self.trunk, batch.images, self.head.tap_layers)
         gt_boxes, gt_labels = batch.training_targets()
         # 2-4. sample 64 RoIs per image, pool them, fc6/fc7, multi-task loss
         return self.head.loss(

@@ -28,7 +28,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from rcnn.backbones import trunk_maps
+from rcnn.backbones import test_maps, trunk_maps
 from rcnn.heads import FastRCNNHead, RoIOp
 from rcnn.postprocess import DetectionConfig
 from rcnn.proposal_targets import ProposalTargetConfig
@@ -86,11 +86,14 @@ class FasterRCNN(nn.Module):
         """Training: the losses of the current stage. Evaluation (steps 1, 2, 4, 5): one
         Detections per image, in the batch's (resized) pixels."""
         # 1. the shared feature map (and the finer maps the head also pools)
-        features, taps = trunk_maps(self.trunk, batch.images, self.head.tap_layers)
         if not self.training:
-            proposals, _ = self.rpn(features, batch.image_sizes, batch.scales)  # 2.
             detection = self.config.detection
-            return self.head.detect(features, proposals, batch.image_sizes, detection, taps)
+            layers = self.head.tap_layers
+            features, taps, mirrored = test_maps(self.trunk, batch, layers, detection.flip)
+            proposals, _ = self.rpn(features, batch.image_sizes, batch.scales)  # 2.
+            sizes = batch.image_sizes
+            return self.head.detect(features, proposals, sizes, detection, taps, mirrored)
+        features, taps = trunk_maps(self.trunk, batch.images, self.head.tap_layers)
         gt_boxes, gt_labels = batch.training_targets()
         parts = STAGE_PARTS[self.stage]
         proposals, losses = self.rpn(

@@ -12,6 +12,7 @@ from rcnn.data.transforms import (
     resize,
     resize_scale,
 )
+from rcnn.structures import ImageBatch
 
 
 @pytest.mark.parametrize(
@@ -69,6 +70,16 @@ def test_flip_twice_is_the_identity(rows, width):
     twice_image, twice_boxes = hflip(*hflip(image, boxes))
     assert torch.equal(twice_image, image)
     assert torch.allclose(twice_boxes, boxes) and twice_boxes.dtype == torch.float64
+
+
+def test_mirrored_images_mirror_each_image_within_its_own_width():
+    images = [torch.rand(3, 5, 9), torch.rand(3, 7, 4)]
+    padded, sizes = batch_images(images, size_divisible=8)
+    batch = ImageBatch(padded, sizes, [1.0, 1.0])
+    mirrored = batch.mirrored_images()
+    expected, _ = batch_images([image.flip(-1) for image in images], size_divisible=8)
+    assert torch.equal(mirrored, expected)  # the padding stays at the right and the bottom
+    assert torch.equal(ImageBatch(mirrored, sizes, [1.0, 1.0]).mirrored_images(), padded)
 
 
 def test_normalize():
