@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", required=True)
     evaluate.add_argument("--split", default=None, help="default: test, falling back to val")
     evaluate.add_argument("--svd-rank", default=None, metavar="R6,R7", help=SVD_HELP)
+    _add_flip(evaluate)
     _add_on_bad_sample(evaluate)
 
     detect = commands.add_parser(
@@ -94,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="write every detection as COCO results (ids listed in FILE.images.json unless coco:)",
     )
     detect.add_argument("--svd-rank", default=None, metavar="R6,R7", help=SVD_HELP)
+    _add_flip(detect)
     _add_on_bad_sample(detect)
 
     proposals = commands.add_parser("proposals", help="region proposals of an image or data set")
@@ -137,6 +139,16 @@ def _add_on_bad_sample(parser: argparse.ArgumentParser) -> None:
         default="error",
         help="a bad annotation or image: stop with an error naming it (default) or skip it "
         "with a warning; training skips undecodable images either way and counts them",
+    )
+
+
+def _add_flip(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--flip",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="flip testing on (--flip) or off (--no-flip): each proposal also scored on the "
+        "mirrored image, the two averaged (Fast/Faster R-CNN); default: as the run was trained",
     )
 
 
@@ -191,7 +203,12 @@ def _eval(args: argparse.Namespace) -> int:
 
     ranks = None if args.svd_rank is None else parse_ranks(args.svd_rank)
     evaluate_run(
-        Path(args.run), args.data, args.split, svd_ranks=ranks, on_bad_sample=args.on_bad_sample
+        Path(args.run),
+        args.data,
+        args.split,
+        svd_ranks=ranks,
+        on_bad_sample=args.on_bad_sample,
+        flip=args.flip,
     )
     return 0
 
@@ -213,6 +230,7 @@ def _detect(args: argparse.Namespace) -> int:
         coco_json,
         ranks,
         args.on_bad_sample,
+        args.flip,
     )
     return 0
 

@@ -8,6 +8,7 @@ or, for a run that has not finished, ``checkpoint.safetensors``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +33,7 @@ from rcnn.structures import Annotation, Detections
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 CHECKPOINT = "checkpoint.safetensors"
+FLIP_TESTING_MODELS = ("fast-rcnn", "faster-rcnn")  # the models whose RoI head scores both views
 
 
 def write_run_config(
@@ -101,6 +103,18 @@ class Detector:
         """The score from which a detection is shown (pictures, ``rcnn detect``): 0.5 for class
         probabilities; the model says otherwise where its scores are not (SVM margins)."""
         return getattr(self.model, "display_threshold", 0.5)
+
+    def set_flip_testing(self, flip: bool) -> None:
+        """Flip testing (``DetectionConfig.flip``: each proposal also scored on the mirrored
+        image, the two views averaged) on or off, whatever the run was trained with."""
+        if self.config.model not in FLIP_TESTING_MODELS:
+            raise RcnnError(
+                f"flip testing is for {' and '.join(FLIP_TESTING_MODELS)} runs, "
+                f"not {self.config.model}"
+            )
+        config = self.model.config
+        detection = dataclasses.replace(config.detection, flip=flip)
+        self.model.config = dataclasses.replace(config, detection=detection)
 
     def detect(self, images: Sequence[Tensor]) -> list[Detections]:
         """uint8 (3, H, W) images -> their Detections in their own pixels (R-CNN, SPPNet and

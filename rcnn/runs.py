@@ -259,14 +259,20 @@ def open_for_run(
 
 
 def load_detector(
-    run_dir: Path, svd_ranks: tuple[int, int] | None = None, device="cpu"
+    run_dir: Path,
+    svd_ranks: tuple[int, int] | None = None,
+    device="cpu",
+    flip: bool | None = None,
 ) -> Detector:
     """The run's detector on ``device``; with ``svd_ranks``, its fc6 and fc7 replaced by their
-    truncated SVDs (Fast R-CNN section 3.1), what changed said on stderr."""
+    truncated SVDs (Fast R-CNN section 3.1), what changed said on stderr; with ``flip``, flip
+    testing on or off rather than as the run was trained."""
     detector = Detector.load(run_dir, device)
     if svd_ranks is not None:
         for line in compress_fc_layers(detector.model, svd_ranks):
             print(f"truncated SVD: {line}", file=sys.stderr)
+    if flip is not None:
+        detector.set_flip_testing(flip)
     return detector
 
 
@@ -278,18 +284,20 @@ def evaluate_run(
     world: distributed.World | None = None,
     svd_ranks: tuple[int, int] | None = None,
     on_bad_sample: str = "error",
+    flip: bool | None = None,
 ) -> dict | None:
     """Detect over a split (with on_bad_sample="skip", bad entries and images that cannot be
     decoded left out), print the table, write metrics.json and pr_curves.png; with
     ``svd_ranks`` (fc6 and fc7 compressed) metrics_svd_R6_R7.json and pr_curves_svd_R6_R7.png,
-    so that the uncompressed model's figures stay beside them. Over several processes
+    and with ``flip`` set (flip testing on or off) metrics_flip.json or metrics_noflip.json
+    and their curves, so that the run's own figures stay beside them. Over several processes
     (torchrun, or ``world``) each detects a shard and rank 0 evaluates them all (the others
     return None)."""
     split = split or test_split(data, on_bad_sample)
     if split is None:
         raise RcnnError(f"{data}: no test or val split to evaluate on; name one with --split")
     world = world or distributed.setup()
-    detector = load_detector(run_dir, svd_ranks, world.device())
+    detector = load_detector(run_dir, svd_ranks, world.device(), flip)
     dataset = open_for_run(data, split, detector.class_names, on_bad_sample)
     found = gather_detections(
         detect_dataset(detector, dataset, workers, shard=(world.rank, world.size)), world
@@ -307,6 +315,8 @@ def evaluate_run(
     suffix = ""
     if svd_ranks is not None:
         metrics["svd_rank"], suffix = list(svd_ranks), "_svd_{}_{}".format(*svd_ranks)
+    if flip is not None:
+        metrics["flip"], suffix = flip, suffix + ("_flip" if flip else "_noflip")
     write_metrics(run_dir / f"metrics{suffix}.json", metrics)
     plot_pr_curves(evaluation.voc, detector.class_names, run_dir / f"pr_curves{suffix}.png")
     return metrics
@@ -355,14 +365,15 @@ def detect_inputs(
     coco_json: Path | None = None,
     svd_ranks: tuple[int, int] | None = None,
     on_bad_sample: str = "error",
+    flip: bool | None = None,
 ) -> None:
     """``rcnn detect``: image files, folders of them, or one SPEC's split (on_bad_sample
     applies to it; image files named one by one must all load); JSON lines,
     pictures or a summary of the detections above ``score`` (default: the detector's display
     threshold), and with ``coco_json`` every
     detection in COCO's results format (see ``write_coco_detections``); with ``svd_ranks``,
-    by the model with fc6 and fc7 compressed."""
-    detector = load_detector(run_dir, svd_ranks)
+    by the model with fc6 and fc7 compressed; with ``flip``, flip testing on or off."""
+    detector = load_detector(run_dir, svd_ranks, flip=flip)
     score = detector.display_threshold if score is None else score
     dataset = _spec_split(detector, inputs, split, on_bad_sample)
     found = []  # (index, path, (H, W), Detections) per image, for the COCO results

@@ -119,3 +119,21 @@ def test_the_one_line_api_takes_paths_arrays_and_tensors_alike(tmp_path, run_dir
     assert found["class_names"] == [CLASSES[k - 1] for k in expected.labels.tolist()]
     with pytest.raises(RcnnError, match="uint8"):
         detector(array.astype(np.float32))
+
+
+def test_flip_testing_toggles_on_a_run_and_only_where_the_model_has_it(tmp_path, run_dir, capsys):
+    image = torch.randint(0, 256, (3, 60, 90), dtype=torch.uint8)
+    detector = Detector.load(run_dir)
+    plain = detector.detect([image])[0]
+    detector.set_flip_testing(True)
+    assert detector.model.config.detection.flip
+    assert not torch.equal(detector.detect([image])[0].scores, plain.scores)
+    rcnn_run = tmp_path / "rcnn"
+    rcnn_run.mkdir()
+    config = preset("rcnn", "small")
+    write_run_config(rcnn_run, config, CLASSES, "shapes")
+    checkpoint.save_model(rcnn_run / WEIGHTS, build_model(config, len(CLASSES)))
+    write_image(tmp_path / "a.png", (60, 90), 0)
+    assert main(["detect", str(rcnn_run), str(tmp_path / "a.png"), "--flip"]) == 1
+    error = capsys.readouterr().err
+    assert "flip testing is for fast-rcnn and faster-rcnn runs, not rcnn" in error

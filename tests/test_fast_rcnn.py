@@ -176,6 +176,10 @@ def test_train_eval_detect_end_to_end_with_cached_proposals(tmp_path, monkeypatc
     assert main(["eval", str(run), "--data", spec, "--svd-rank", "16,8"]) == 0
     compressed = json.loads((run / "metrics_svd_16_8.json").read_text())
     assert compressed["svd_rank"] == [16, 8] and compressed["images"] == 2
+    assert main(["eval", str(run), "--data", spec, "--flip"]) == 0
+    flipped = json.loads((run / "metrics_flip.json").read_text())
+    assert flipped["flip"] is True and flipped["images"] == 2
+    assert json.loads((run / "metrics.json").read_text()) == metrics  # the run's own stay
     capsys.readouterr()
     detect = ["detect", str(run), spec, "--json", "--svd-rank", "16,8", "--score-thresh", "0"]
     assert main(detect) == 0
