@@ -218,7 +218,10 @@ class FastRCNNHead(nn.Module):
         probabilities, boxes = self.score(features, rois, taps)
         if mirrored is not None:
             mirror_features, mirror_taps = mirrored
-            widths = rois.new_tensor([w for _, w in image_sizes])[rois[:, 0].long()]
+            # each RoI's image width (R,), made without a tensor of Python ints, which
+            # torch.export could not trace from symbolic image sizes
+            pairs = zip(proposals, image_sizes, strict=True)
+            widths = torch.cat([p.new_full((p.shape[0],), w) for p, (_, w) in pairs])
             mirror_rois = torch.cat((rois[:, :1], hflip_boxes(rois[:, 1:], widths)), dim=1)
             other_probabilities, other_boxes = self.score(mirror_features, mirror_rois, mirror_taps)
             probabilities = (probabilities + other_probabilities) / 2

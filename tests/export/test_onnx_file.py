@@ -2,6 +2,7 @@
 gives Detector's detections, on images of several sizes and on an image with none."""
 
 import contextlib
+import copy
 import io
 import json
 import sys
@@ -113,6 +114,28 @@ def test_detections_equal_pytorchs(exported, image):
     assert len(expected["labels"]) > 0, "the test needs an image with detections"
     boxes, labels, scores = run_onnx(session, image)
     assert labels.tolist() == expected["labels"].tolist()  # the same detections, same order
+    np.testing.assert_allclose(boxes, expected["boxes"].numpy(), rtol=0, atol=1e-3)
+    np.testing.assert_allclose(scores, expected["scores"].numpy(), rtol=0, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def exported_with_flip(detector, tmp_path_factory):
+    """The same detector with flip testing on, exported -> (it, the onnxruntime session)."""
+    flipping = Detector(copy.deepcopy(detector.model), RUN, CLASSES, detector.pixel_stats)
+    flipping.set_flip_testing(True)
+    path = tmp_path_factory.mktemp("flip") / "model.onnx"
+    export_onnx(flipping, path)
+    return flipping, onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("image", [SCENE.image, CAPPED.image], ids=["at-the-test-size", "capped"])
+def test_flip_testing_is_exported_too(exported_with_flip, detector, image):
+    flipping, session = exported_with_flip
+    expected = flipping(image)
+    assert len(expected["labels"]) > 0, "the test needs an image with detections"
+    assert not torch.equal(expected["scores"], detector(image)["scores"])  # two views averaged
+    boxes, labels, scores = run_onnx(session, image)
+    assert labels.tolist() == expected["labels"].tolist()
     np.testing.assert_allclose(boxes, expected["boxes"].numpy(), rtol=0, atol=1e-3)
     np.testing.assert_allclose(scores, expected["scores"].numpy(), rtol=0, atol=1e-5)
 
