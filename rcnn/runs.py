@@ -504,7 +504,7 @@ def demo(out: Path) -> dict:
     config = dataclasses.replace(config, train=train, faster_rcnn=faster_rcnn)
     metrics = train_run(config, DEMO_DATA, out, time_budget=DEMO_MINUTES)
     detector = Detector.load(out)
-    test = open_dataset("shapes", "test")
+    test = open_dataset(DEMO_DATA, "test")
     pictures = draw_examples(detector, test, out / "detections", 12, detector.display_threshold)
     print(f"\nmAP50 {metrics['map50']:.3f} on {metrics['images']} shapes test images")
     for what, path in [
