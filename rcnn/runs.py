@@ -272,7 +272,10 @@ def load_detector(
         for line in compress_fc_layers(detector.model, svd_ranks):
             print(f"truncated SVD: {line}", file=sys.stderr)
     if flip is not None:
-        detector.set_flip_testing(flip)
+        try:
+            detector.set_flip_testing(flip)
+        except RcnnError as error:
+            raise RcnnError(f"{run_dir}: {error}") from None
     return detector
 
 

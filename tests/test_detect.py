@@ -136,4 +136,4 @@ def test_flip_testing_toggles_on_a_run_and_only_where_the_model_has_it(tmp_path,
     write_image(tmp_path / "a.png", (60, 90), 0)
     assert main(["detect", str(rcnn_run), str(tmp_path / "a.png"), "--flip"]) == 1
     error = capsys.readouterr().err
-    assert "flip testing is for fast-rcnn and faster-rcnn runs, not rcnn" in error
+    assert f"{rcnn_run}: flip testing is for fast-rcnn and faster-rcnn runs, not rcnn" in error
