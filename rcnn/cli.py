@@ -24,6 +24,19 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="built-in shapes -> train Faster R-CNN -> eval -> pictures"
     )
     demo.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
+    demo.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help="wall time for all of it, training getting what evaluation leaves (default: 10)",
+    )
+    demo.add_argument(
+        "--started",
+        type=float,
+        default=None,
+        metavar="UNIX_TIME",
+        help="when the minutes began (default: now); `make demo` passes its own start",
+    )
 
     data = commands.add_parser("data", help="write a built-in data set to disk")
     data_kinds = data.add_subparsers(dest="kind", required=True, metavar="KIND")
@@ -238,7 +251,7 @@ def _detect(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from rcnn.runs import demo
 
-    demo(Path(args.out))
+    demo(Path(args.out), args.minutes, args.started)
     return 0
 
 

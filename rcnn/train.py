@@ -8,7 +8,8 @@ hands those a FitContext once and checkpoints what they fitted. After
 every epoch, and every ``checkpoint_every`` iterations, one checkpoint file is written
 atomically; ``resume`` restores weights, optimizer, random generator and the position in the
 data, so on the CPU a resumed run ends with the same weights as an uninterrupted one. A time
-budget stops the run cleanly (checkpoint first); a loss that stops being finite stops it with
+budget (training seconds) or a deadline (the wall clock's) stops the run cleanly (checkpoint
+first); a loss that stops being finite stops it with
 the stage, epoch and step named. An image that cannot be decoded is skipped with a warning
 and counted in ``skipped_images`` (kept in the checkpoint), never a crash mid-epoch.
 
@@ -140,10 +141,17 @@ class Trainer:
         evaluate: Callable[[nn.Module], float] | None = None,
         time_budget: float | None = None,
         world: World | None = None,
+        deadline: float | None = None,
     ):
         world = world or World()  # one process unless torchrun started several
         if config.train.cache_images:
             dataset = InMemory(dataset, threads=torch.get_num_threads())
+        # a deadline (a time.time() by which this session stops) also bounds the budget, so
+        # that the schedule has run its course by then
+        if deadline is not None:
+            left = max(0.0, deadline - time.time()) / 60
+            time_budget = left if time_budget is None else min(time_budget, left)
+        self.deadline = deadline
         self.world, self.device = world, world.device()
         self.model = prepare_model(model, config.train, world)
         self.network = self.model  # what the steps call: DistributedDataParallel around it
@@ -260,7 +268,7 @@ class Trainer:
             bar.update()
             if p.step % LOG_EVERY == 0:
                 self.log({"stage": stage, "epoch": p.epoch, "step": p.step, **running})
-            if plan.budgets is not None and p.stage_seconds >= plan.budgets[p.stage]:
+            if self.out_of_time():
                 bar.close()
                 self.save()
                 return False
@@ -268,6 +276,15 @@ class Trainer:
                 self.save()
         bar.close()
         return True
+
+    def out_of_time(self) -> bool:
+        """The stage's budget of training seconds is spent, or the deadline has passed (the
+        wall clock: the budget counts only the steps, not the data waits and checkpoints)."""
+        p, budgets = self.position, self.plan.budgets
+        if budgets is not None and p.stage_seconds >= budgets[p.stage]:
+            return True
+        late = self.deadline is not None and time.time() >= self.deadline
+        return self.deadline is not None and distributed.maximum(float(late), self.world) > 0
 
     def step(self, samples) -> dict[str, float]:
         """One SGD iteration on a list of Samples; the losses as floats."""

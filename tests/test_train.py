@@ -1,5 +1,6 @@
 import dataclasses
 import functools
+import time
 
 import pytest
 import torch
@@ -102,6 +103,26 @@ def test_time_budget_stops_cleanly_with_a_checkpoint(tmp_path):
     assert trainer.run() is False
     _, state = checkpoint.load(tmp_path / CHECKPOINT)
     assert state["position"]["step"] == 1
+
+
+def test_a_deadline_bounds_the_budget_and_stops_on_the_wall_clock(tmp_path, monkeypatch):
+    soon, later = time.time() + 600, time.time() + 3600
+    assert make_trainer(tmp_path / "a", time_budget=30, deadline=later).plan.budgets[0] == 1800
+    bounded = make_trainer(tmp_path / "b", time_budget=30, deadline=soon).plan.budgets[0]
+    assert bounded == pytest.approx(600, abs=5)  # the schedule ends by the deadline
+    # steps that took no training time at all: only the wall clock can stop them
+    trainer = make_trainer(tmp_path / "c", deadline=later)
+    original_step, calls, clock = Trainer.step, {"n": 0}, time.time
+
+    def step(self, samples):
+        calls["n"] += 1
+        return original_step(self, samples)
+
+    monkeypatch.setattr(Trainer, "step", step)
+    monkeypatch.setattr(time, "time", lambda: clock() + (7200 if calls["n"] >= 3 else 0))
+    assert trainer.run() is False
+    _, state = checkpoint.load(tmp_path / "c" / CHECKPOINT)
+    assert state["position"]["step"] == 3
 
 
 def test_divergence_names_the_step_and_the_last_checkpoint(tmp_path, monkeypatch):
