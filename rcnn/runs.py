@@ -502,8 +502,8 @@ def demo(out: Path, minutes: float | None = None, started: float | None = None) 
     started = now if started is None else started
     if started > now:
         raise RcnnError(f"--started {started:.0f} is in the future (now {now:.0f})")
-    finish = started + 60 * minutes
-    left = finish - DEMO_AFTER_TRAINING - now
+    training_deadline = started + 60 * minutes - DEMO_AFTER_TRAINING
+    left = training_deadline - now
     if left < DEMO_MIN_TRAINING:
         raise RcnnError(
             f"the demo's {minutes:g} minutes leave {max(left, 0):.0f} s to train once "
@@ -532,7 +532,7 @@ def demo(out: Path, minutes: float | None = None, started: float | None = None) 
     detection = dataclasses.replace(config.faster_rcnn.detection, flip=True)
     faster_rcnn = dataclasses.replace(config.faster_rcnn, detection=detection)
     config = dataclasses.replace(config, train=train, faster_rcnn=faster_rcnn)
-    metrics = train_run(config, DEMO_DATA, out, deadline=finish - DEMO_AFTER_TRAINING)
+    metrics = train_run(config, DEMO_DATA, out, deadline=training_deadline)
     detector = Detector.load(out)
     test = open_dataset(DEMO_DATA, "test")
     pictures = draw_examples(detector, test, out / "detections", 12, detector.display_threshold)

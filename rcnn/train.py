@@ -9,9 +9,9 @@ every epoch, and every ``checkpoint_every`` iterations, one checkpoint file is w
 atomically; ``resume`` restores weights, optimizer, random generator and the position in the
 data, so on the CPU a resumed run ends with the same weights as an uninterrupted one. A time
 budget (training seconds) or a deadline (the wall clock's) stops the run cleanly (checkpoint
-first); a loss that stops being finite stops it with
-the stage, epoch and step named. An image that cannot be decoded is skipped with a warning
-and counted in ``skipped_images`` (kept in the checkpoint), never a crash mid-epoch.
+first); a loss that stops being finite stops it with the stage, epoch and step named. An
+image that cannot be decoded is skipped with a warning and counted in ``skipped_images`` (kept
+in the checkpoint), never a crash mid-epoch.
 
 Started by torchrun, the same loop trains data parallel (``rcnn.distributed``): each rank takes
 its share of every batch of ``train.images_per_batch`` images, the logged losses are the
@@ -283,8 +283,10 @@ class Trainer:
         p, budgets = self.position, self.plan.budgets
         if budgets is not None and p.stage_seconds >= budgets[p.stage]:
             return True
-        late = self.deadline is not None and time.time() >= self.deadline
-        return self.deadline is not None and distributed.maximum(float(late), self.world) > 0
+        if self.deadline is None:
+            return False
+        late = time.time() >= self.deadline  # one verdict for all ranks: the latest clock's
+        return distributed.maximum(float(late), self.world) > 0
 
     def step(self, samples) -> dict[str, float]:
         """One SGD iteration on a list of Samples; the losses as floats."""

@@ -110,7 +110,8 @@ def test_a_deadline_bounds_the_budget_and_stops_on_the_wall_clock(tmp_path, monk
     assert make_trainer(tmp_path / "a", time_budget=30, deadline=later).plan.budgets[0] == 1800
     bounded = make_trainer(tmp_path / "b", time_budget=30, deadline=soon).plan.budgets[0]
     assert bounded == pytest.approx(600, abs=5)  # the schedule ends by the deadline
-    # steps that took no training time at all: only the wall clock can stop them
+    # an hour's budget is far off: only the wall clock, moved past the deadline after the
+    # third step, can stop these steps
     trainer = make_trainer(tmp_path / "c", deadline=later)
     original_step, calls, clock = Trainer.step, {"n": 0}, time.time
 
