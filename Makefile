@@ -9,7 +9,8 @@ TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: demo test lint bench clean
 
-$(STAMP): pyproject.toml
+# setup.py compiles the C kernel of NMS (rcnn/ops/_greedy_nms.c) into the source tree.
+$(STAMP): pyproject.toml setup.py rcnn/ops/_greedy_nms.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first and pinned, so that nothing later can pull a CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
@@ -37,4 +38,4 @@ bench: $(STAMP)
 	$(BIN)/rcnn bench all
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info rcnn/ops/*.so

@@ -32,6 +32,12 @@ from torch import Tensor
 
 from rcnn.boxes import box_iou
 
+try:  # the C kernel, built at install where a C compiler was found (setup.py)
+    from rcnn.ops._greedy_nms import greedy_nms as _native_greedy
+except ImportError:
+    _native_greedy = None
+_NATIVE = (torch.float32, torch.float64)  # the box types the kernel reads
+
 # Boxes resolved together in step 1. Larger blocks mean fewer Python steps but a bigger
 # (block, block) matrix and more fixed-point rounds; on the 2-core CPU, blocks of 64 to 2048
 # timed within noise of each other on 12,000 RPN-like boxes, and 256 is in the middle.
@@ -115,12 +121,29 @@ def _greedy(
 ) -> Tensor:
     """Greedy NMS over the indices ``order (P,)``, visited in that order -> kept indices.
 
-    With ``labels``, ``order`` must be grouped by label (see batched_nms). Autocast is off
-    inside: its casts would cost more than the block products they feed (under bfloat16
+    With ``labels``, ``order`` must be grouped by label (see batched_nms). On the CPU the C
+    kernel runs it when it was built; else the blocks below. Autocast is off inside the
+    blocks: its casts would cost more than the block products they feed (under bfloat16
     autocast, 4x the time of each 256 x 256 product on this CPU).
     """
+    if _native_greedy is not None and boxes.device.type == "cpu" and boxes.dtype in _NATIVE:
+        return _greedy_native(boxes, order, labels, threshold, top_k)
     with torch.autocast(boxes.device.type, enabled=False):
         return _greedy_blocks(boxes, order, labels, threshold, top_k)
+
+
+def _greedy_native(
+    boxes: Tensor, order: Tensor, labels: Tensor | None, threshold: float, top_k: int | None
+) -> Tensor:
+    """``_greedy`` by the C kernel (``_greedy_nms.c``): the textbook loop over the boxes in
+    visiting order, each kept box dropping the later ones it overlaps."""
+    visited = boxes.detach()[order].contiguous()
+    visited_labels = None if labels is None else labels[order].contiguous().numpy()
+    keep = torch.empty(order.numel(), dtype=torch.int64)
+    count = _native_greedy(
+        visited.numpy(), visited_labels, threshold, -1 if top_k is None else top_k, keep.numpy()
+    )
+    return order[keep[:count]]
 
 
 def _greedy_blocks(

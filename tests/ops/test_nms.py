@@ -2,7 +2,7 @@ import importlib
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rcnn.boxes import box_iou
@@ -11,6 +11,24 @@ from rcnn.ops import batched_nms, nms
 nms_module = importlib.import_module("rcnn.ops.nms")
 nms_reference = nms_module.nms_reference
 batched_nms_reference = nms_module.batched_nms_reference
+
+
+@pytest.fixture(autouse=True, params=["native", "torch"])
+def path(request, monkeypatch):
+    """Every test runs on both paths of the greedy step: the C kernel and the PyTorch blocks."""
+    if request.param == "torch":
+        monkeypatch.setattr(nms_module, "_native_greedy", None)
+    return request.param
+
+
+def test_the_c_kernel_is_built(path):
+    if path == "torch":
+        pytest.skip("a test of the C kernel")
+    # setup.py builds it where a C compiler is found, as on every machine CI runs on; without
+    # it the library falls back to the PyTorch path, which every test here also runs
+    from rcnn.ops import _greedy_nms
+
+    assert nms_module._native_greedy is _greedy_nms.greedy_nms
 
 
 def random_boxes(n, generator, size=100.0, dtype=torch.float32):
@@ -76,7 +94,9 @@ def test_batched_nms_equals_reference(data, threshold, top_k):
 
 
 @pytest.mark.parametrize("block", [1, 3, 64])
-def test_blocks_do_not_change_the_answer(monkeypatch, block):
+def test_blocks_do_not_change_the_answer(monkeypatch, block, path):
+    if path == "native":
+        pytest.skip("the C kernel visits the boxes one at a time, in no blocks")
     g = torch.Generator().manual_seed(block)
     boxes, scores = random_boxes(300, g), torch.rand(300, generator=g)
     labels = torch.randint(0, 4, (300,), generator=g)
@@ -119,3 +139,37 @@ def test_bad_shapes_raise():
         nms(torch.zeros(3, 4), torch.zeros(2), 0.5)
     with pytest.raises(ValueError, match="labels"):
         batched_nms(torch.zeros(3, 4), torch.zeros(3), torch.zeros(4, dtype=torch.int64), 0.5)
+
+
+finite = st.floats(-50, 150, width=32, allow_subnormal=False)
+odd_boxes = st.lists(st.tuples(finite, finite, finite, finite), min_size=0, max_size=60)
+
+
+# ``path`` only says which path the fixture left on; it does not change between inputs
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(odd_boxes, st.sampled_from([0.0, 0.1, 0.5, 0.7, 0.99]), st.sampled_from([None, 2, 10]))
+def test_the_two_paths_agree_on_any_boxes(path, corners, threshold, top_k):
+    if path == "torch":
+        pytest.skip("compares the two paths itself")
+    # any corners: degenerate, inverted (x2 < x1) and touching boxes, continuous IoUs; the C
+    # kernel's IoU must round exactly as box_iou does for the two to keep the same boxes
+    boxes = torch.tensor(corners, dtype=torch.float32).reshape(-1, 4)
+    g = torch.Generator().manual_seed(len(corners))
+    scores = torch.rand(len(corners), generator=g)
+    labels = torch.randint(0, 3, (len(corners),), generator=g)
+    native = nms(boxes, scores, threshold, top_k=top_k)
+    native_batched = batched_nms(boxes, scores, labels, threshold, top_k=top_k)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(nms_module, "_native_greedy", None)
+        assert torch.equal(native, nms(boxes, scores, threshold, top_k=top_k))
+        batched = batched_nms(boxes, scores, labels, threshold, top_k=top_k)
+        assert torch.equal(native_batched, batched)
+
+
+def test_nan_boxes_suppress_nothing_on_either_path():
+    # a NaN IoU reads as 0 (box_iou's nan_to_num) in both paths
+    boxes = torch.tensor([[0.0, 0, 10, 10], [float("nan"), 0, 10, 10], [0, 0, 10, 10]])
+    scores = torch.tensor([0.9, 0.8, 0.7])
+    assert nms(boxes, scores, 0.5).tolist() == [0, 1]
