@@ -142,19 +142,21 @@ def test_bad_shapes_raise():
 
 
 finite = st.floats(-50, 150, width=32, allow_subnormal=False)
-odd_boxes = st.lists(st.tuples(finite, finite, finite, finite), min_size=0, max_size=60)
+corner = st.one_of(finite, finite, finite, st.sampled_from([float("nan"), float("inf"), -1e38]))
+odd_boxes = st.lists(st.tuples(corner, corner, corner, corner), min_size=0, max_size=60)
 
 
 # ``path`` only says which path the fixture left on; it does not change between inputs
 @settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(odd_boxes, st.sampled_from([0.0, 0.1, 0.5, 0.7, 0.99]), st.sampled_from([None, 2, 10]))
+@given(odd_boxes, st.sampled_from([-0.5, 0.0, 0.1, 0.5, 0.7, 0.99]), st.sampled_from([None, 2, 10]))
 def test_the_two_paths_agree_on_any_boxes(path, corners, threshold, top_k):
     if path == "torch":
         pytest.skip("compares the two paths itself")
-    # any corners: degenerate, inverted (x2 < x1) and touching boxes, continuous IoUs; the C
-    # kernel's IoU must round exactly as box_iou does for the two to keep the same boxes
+    # any corners: degenerate, inverted (x2 < x1), touching, infinite and NaN boxes, continuous
+    # IoUs; the C kernel's IoU must round exactly as box_iou does for the two to keep the same
+    # boxes
     boxes = torch.tensor(corners, dtype=torch.float32).reshape(-1, 4)
     g = torch.Generator().manual_seed(len(corners))
     scores = torch.rand(len(corners), generator=g)
