@@ -64,7 +64,7 @@ def nms(
     """
     if torch.compiler.is_exporting():
         return torch.ops.rcnn.nms(boxes, scores, None, iou_threshold, top_k, score_threshold)
-    candidates = _candidates(boxes, scores, None, score_threshold)
+    candidates = _candidates(boxes, scores, None, score_threshold, top_k)
     order = candidates[torch.sort(scores[candidates], descending=True, stable=True).indices]
     return _greedy(boxes, order, None, iou_threshold, top_k)
 
@@ -86,7 +86,7 @@ def batched_nms(
     """
     if torch.compiler.is_exporting():
         return torch.ops.rcnn.nms(boxes, scores, labels, iou_threshold, top_k, score_threshold)
-    candidates = _candidates(boxes, scores, labels, score_threshold)
+    candidates = _candidates(boxes, scores, labels, score_threshold, top_k)
     by_score = candidates[torch.sort(scores[candidates], descending=True, stable=True).indices]
     # group by label, keeping score order inside each group: (label, -score, index) order
     order = by_score[torch.sort(labels[by_score], stable=True).indices]
@@ -201,9 +201,15 @@ def _overlaps(a: Tensor, b: Tensor, threshold: float) -> Tensor:
 
 
 def _candidates(
-    boxes: Tensor, scores: Tensor, labels: Tensor | None, score_threshold: float | None
+    boxes: Tensor,
+    scores: Tensor,
+    labels: Tensor | None,
+    score_threshold: float | None,
+    top_k: int | None,
 ) -> Tensor:
-    """Check the shapes; int64 indices of the boxes whose score passes ``score_threshold``."""
+    """Check the arguments; int64 indices of the boxes whose score passes ``score_threshold``."""
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be at least 1 (or None for no limit), got {top_k}")
     if boxes.dim() != 2 or boxes.shape[1] != 4:
         raise ValueError(f"boxes must be (B, 4) xyxy, got shape {tuple(boxes.shape)}")
     if scores.shape != (boxes.shape[0],):
@@ -230,7 +236,7 @@ def nms_reference(
     score_threshold: float | None = None,
 ) -> Tensor:
     """The textbook loop: take the best box left, drop what it overlaps, repeat. Slow."""
-    candidates = _candidates(boxes, scores, None, score_threshold).tolist()
+    candidates = _candidates(boxes, scores, None, score_threshold, top_k).tolist()
     values = scores.tolist()
     order = sorted(candidates, key=lambda i: (-values[i], i))
     suppressed, keep = set(), []
@@ -255,7 +261,7 @@ def batched_nms_reference(
     score_threshold: float | None = None,
 ) -> Tensor:
     """One textbook NMS per label, then all kept boxes by decreasing score. Slow."""
-    candidates = _candidates(boxes, scores, labels, score_threshold)
+    candidates = _candidates(boxes, scores, labels, score_threshold, top_k)
     kept = []
     for label in labels[candidates].unique().tolist():
         members = candidates[labels[candidates] == label]

@@ -139,6 +139,12 @@ def test_bad_shapes_raise():
         nms(torch.zeros(3, 4), torch.zeros(2), 0.5)
     with pytest.raises(ValueError, match="labels"):
         batched_nms(torch.zeros(3, 4), torch.zeros(3), torch.zeros(4, dtype=torch.int64), 0.5)
+    with pytest.raises(ValueError, match="top_k"):
+        nms(torch.zeros(3, 4), torch.zeros(3), 0.5, top_k=0)
+    with pytest.raises(ValueError, match="top_k"):
+        batched_nms(
+            torch.zeros(3, 4), torch.zeros(3), torch.zeros(3, dtype=torch.int64), 0.5, top_k=-1
+        )
 
 
 finite = st.floats(-50, 150, width=32, allow_subnormal=False)
