@@ -9,8 +9,8 @@ TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: demo test lint bench clean
 
-# setup.py compiles the C kernel of NMS (rcnn/ops/_greedy_nms.c) into the source tree.
-$(STAMP): pyproject.toml setup.py rcnn/ops/_greedy_nms.c
+# setup.py compiles the C kernels (rcnn/ops/*.c: NMS, RoIAlign forward) into the source tree.
+$(STAMP): pyproject.toml setup.py $(wildcard rcnn/ops/*.c)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first and pinned, so that nothing later can pull a CUDA build.
 	$(BIN)/pip install -q torch==2.13.0

@@ -37,6 +37,12 @@ from torch import Tensor
 
 from rcnn.ops._pooling import check_rois, pair, pooled_shape
 
+try:  # the C forward pass, built at install where a C compiler was found (setup.py)
+    from rcnn.ops._roi_align import roi_align_forward as _native_forward
+except ImportError:
+    _native_forward = None
+_NATIVE = (torch.float32,)  # the map type the kernel reads
+
 # Taps handled together when the gradient of the weights is computed; bounds the memory of
 # that step to about 2 * _TAP_CHUNK * C values.
 _TAP_CHUNK = 1 << 14
@@ -58,6 +64,8 @@ def roi_align(
         )
     image_index = check_rois(features, rois)
     h, w = pair(output_size)
+    if _native_forward is not None and _native_applies(features, rois):
+        return _roi_align_native(features, rois, (h, w), spatial_scale, sampling_ratio, aligned)
     n, c, height, width = features.shape
     cells, weights, offsets = _taps(
         rois, image_index, (height, width), (h, w), spatial_scale, sampling_ratio, aligned
@@ -68,6 +76,35 @@ def roi_align(
     out = _WeightedSum.apply(table, cells.to(index), weights.to(features.dtype), offsets.to(index))
     # (R*h*w, C) -> (R, h, w, C) -> (R, C, h, w)
     return out.view(-1, h, w, c).permute(0, 3, 1, 2).contiguous()
+
+
+def _native_applies(features: Tensor, rois: Tensor) -> bool:
+    """Whether the C forward pass serves this call: on the CPU, float32, and with no gradient
+    wanted of the map or of the boxes."""
+    wanted = torch.is_grad_enabled() and (features.requires_grad or rois.requires_grad)
+    return not wanted and features.device.type == "cpu" and features.dtype in _NATIVE
+
+
+def _roi_align_native(
+    features: Tensor,
+    rois: Tensor,
+    output_size: tuple[int, int],
+    spatial_scale: float,
+    sampling_ratio: int,
+    aligned: bool,
+) -> Tensor:
+    """``roi_align`` by the C kernel (``_roi_align.c``): the same bins, samples and taps, each
+    bin's sum over its samples accumulated channel by channel, written straight into the
+    ``(R, C, h, w)`` output."""
+    h, w = output_size
+    n, c, height, width = features.shape
+    # (N, C, H, W) -> (N, H, W, C) -> (N*H*W, C): one row of C values per cell
+    table = features.permute(0, 2, 3, 1).contiguous().view(n * height * width, c)
+    out = features.new_empty((rois.shape[0], c, h, w))
+    boxes = rois.to(torch.float32).contiguous().numpy()
+    sizes = (c, height, width, h, w, spatial_scale, sampling_ratio, aligned)
+    _native_forward(table.numpy(), boxes, *sizes, out.numpy())
+    return out
 
 
 @torch.library.custom_op("rcnn::roi_align", mutates_args=())

@@ -5,7 +5,56 @@ import torch
 
 from rcnn.ops import roi_align
 
-roi_align_reference = importlib.import_module("rcnn.ops.roi_align").roi_align_reference
+roi_align_module = importlib.import_module("rcnn.ops.roi_align")
+roi_align_reference = roi_align_module.roi_align_reference
+
+
+@pytest.fixture(autouse=True, params=["native", "torch"])
+def path(request, monkeypatch):
+    """Every test runs on both forward paths: the C kernel (no gradient wanted) and PyTorch's."""
+    if request.param == "torch":
+        monkeypatch.setattr(roi_align_module, "_native_forward", None)
+    return request.param
+
+
+def test_the_c_kernel_is_built_and_serves_calls_without_gradients(path):
+    if path == "torch":
+        pytest.skip("a test of the C kernel")
+    from rcnn.ops import _roi_align
+
+    assert roi_align_module._native_forward is _roi_align.roi_align_forward
+    features = torch.randn(1, 2, 5, 5)
+    rois = torch.tensor([[0.0, 0, 0, 40, 40]])
+    assert not roi_align_module._native_applies(features.requires_grad_(), rois)
+    assert roi_align(features, rois, 2, 1 / 16).grad_fn is not None  # PyTorch's path: autograd
+    with torch.no_grad():
+        assert roi_align_module._native_applies(features, rois)
+
+
+@pytest.mark.parametrize("channels", [1, 7, 32, 33])
+@pytest.mark.parametrize(("sampling_ratio", "aligned"), [(2, False), (-1, True), (0, False)])
+def test_the_two_paths_agree(path, channels, sampling_ratio, aligned, random_rois):
+    if path == "torch":
+        pytest.skip("compares the two paths itself")
+    g = torch.Generator().manual_seed(channels)
+    features = torch.randn(3, channels, 13, 17, generator=g)
+    rois = random_rois(40, 3, g, size=250.0, dtype=torch.float32)
+    args = (features, rois, 7, 1 / 16, sampling_ratio, aligned)
+    native = roi_align(*args)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(roi_align_module, "_native_forward", None)
+        torch.testing.assert_close(native, roi_align(*args), rtol=1e-5, atol=1e-5)
+    # a channels-last map (the demo's memory format) gives the same numbers
+    channels_last = features.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(roi_align(channels_last, *args[1:]), native)
+
+
+def test_a_roi_with_a_non_finite_corner_pools_zeros_in_c(path):
+    if path == "torch":
+        pytest.skip("PyTorch's path cannot index such a RoI's samples")
+    features = torch.randn(1, 3, 6, 6)
+    rois = torch.tensor([[0.0, float("nan"), 0, 40, 40], [0.0, 0, 0, float("inf"), 40]])
+    assert roi_align(features, rois, 2, 1 / 16, sampling_ratio=-1).abs().sum() == 0
 
 
 def test_hand_computed_samples():
