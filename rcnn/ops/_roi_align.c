@@ -1,16 +1,20 @@
-/* RoIAlign's forward pass in C, for when no gradient is wanted (detection, evaluation): the
- * kernel rcnn/ops/roi_align.py describes (torchvision's), float32. The PyTorch path builds
- * every sample's taps as index tensors, which for the hundred RoIs of a test image costs more
- * in Python and dispatch than in arithmetic; here each RoI's sample rows and columns are worked
- * out once (sampling a regular grid bilinearly is separable), and each sample's four taps are
- * added into its bin's C sums by a loop the compiler vectorises.
+/* RoIAlign in C, float32, for when no gradient of the boxes is wanted (detection, and training
+ * with the proposals held constant): the kernel rcnn/ops/roi_align.py describes (torchvision's)
+ * and its transpose, the gradient of the map. The PyTorch path builds every sample's taps as
+ * index tensors, which for the hundred RoIs of an image costs more in Python and dispatch than
+ * in arithmetic; here each RoI's sample rows and columns are worked out once (sampling a
+ * regular grid bilinearly is separable), and each sample's four taps are read into (or spread
+ * from) its bin's C values by loops the compiler vectorises.
  *
  * roi_align_forward(table, rois, channels, height, width, pooled_h, pooled_w, spatial_scale,
  *                   sampling_ratio, aligned, out)
  *   table  (N * H * W, C) float32, the map channels last, C-contiguous
  *   rois   (R, 5) float32 [batch_index, x1, y1, x2, y2], batch indices in [0, N)
  *   out    (R, C, pooled_h, pooled_w) float32, C-contiguous, writable
- * A RoI with a non-finite corner pools zeros (the PyTorch path cannot index its samples).
+ * roi_align_backward(grad_table, rois, ..., grad_out) takes the same arguments and adds the
+ * map's gradient to grad_table (zeros to start with) from the pooled gradient grad_out.
+ * A RoI with a non-finite corner pools zeros and passes no gradient (the PyTorch path cannot
+ * index its samples).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -75,6 +79,22 @@ static inline void add_sample(float *restrict acc, const float *restrict image,
         acc[k] += wa * a[k] + wb * b[k] + wc * c[k] + wd * d[k];
 }
 
+/* The transpose, for the gradient: the sample's four taps each take their weight of grad. */
+static inline void spread_sample(const float *restrict grad, float *restrict image,
+                                 Py_ssize_t width, Py_ssize_t channels, AxisTap y, AxisTap x) {
+    float *a = image + (y.low * width + x.low) * channels;
+    float *b = image + (y.low * width + x.high) * channels;
+    float *c = image + (y.high * width + x.low) * channels;
+    float *d = image + (y.high * width + x.high) * channels;
+    float wa = y.w_low * x.w_low, wb = y.w_low * x.w_high;
+    float wc = y.w_high * x.w_low, wd = y.w_high * x.w_high;
+    /* the four cells may be one (at the map's edge): one after another, not fused */
+    for (Py_ssize_t k = 0; k < channels; k++) a[k] += wa * grad[k];
+    for (Py_ssize_t k = 0; k < channels; k++) b[k] += wb * grad[k];
+    for (Py_ssize_t k = 0; k < channels; k++) c[k] += wc * grad[k];
+    for (Py_ssize_t k = 0; k < channels; k++) d[k] += wd * grad[k];
+}
+
 typedef struct {
     Py_ssize_t channels, height, width, pooled_h, pooled_w;
     float scale;
@@ -86,9 +106,11 @@ static Py_ssize_t grid_of(float size, Py_ssize_t bins, int sampling_ratio) {
     return sampling_ratio > 0 ? sampling_ratio : (Py_ssize_t)ceilf(size / bins);
 }
 
-/* One RoI -> pooled (C, h, w); scratch: acc (C), rows (h * grid_h), cols (w * grid_w). */
-CHANNEL_LOOP static void pool_roi(const float *image, const float *roi, const Geometry *g, float *acc,
-                     AxisTap *rows, AxisTap *cols, float *pooled) {
+/* One RoI's bins. Forward: image -> pooled (C, h, w), each bin the mean of its samples.
+ * Backward: grad (C, h, w) -> image, each sample's taps taking its share of its bin's grad.
+ * Scratch: acc (C), rows (h * grid_h), cols (w * grid_w). */
+CHANNEL_LOOP static void roi_bins(float *image, const float *roi, const Geometry *g, float *acc,
+                                  AxisTap *rows, AxisTap *cols, float *pooled, int backward) {
     float offset = g->aligned ? 0.5f : 0.0f;
     float start_x = roi[1] * g->scale - offset, start_y = roi[2] * g->scale - offset;
     float roi_w = roi[3] * g->scale - offset - start_x, roi_h = roi[4] * g->scale - offset - start_y;
@@ -104,16 +126,20 @@ CHANNEL_LOOP static void pool_roi(const float *image, const float *roi, const Ge
     axis_taps(start_x, roi_w / g->pooled_w, g->pooled_w, grid_w, g->width, cols);
     for (Py_ssize_t i = 0; i < g->pooled_h; i++) {
         for (Py_ssize_t j = 0; j < g->pooled_w; j++) {
-            memset(acc, 0, g->channels * sizeof(float));
+            float *bin = pooled + i * g->pooled_w + j; /* channel k at bin[k * bins] */
+            for (Py_ssize_t k = 0; k < g->channels; k++) acc[k] = backward ? bin[k * bins] / count : 0;
             for (Py_ssize_t iy = 0; iy < grid_h; iy++) {
                 AxisTap y = rows[i * grid_h + iy];
                 for (Py_ssize_t ix = 0; y.inside && ix < grid_w; ix++) {
                     AxisTap x = cols[j * grid_w + ix];
-                    if (x.inside) add_sample(acc, image, g->width, g->channels, y, x);
+                    if (!x.inside) continue;
+                    if (backward)
+                        spread_sample(acc, image, g->width, g->channels, y, x);
+                    else
+                        add_sample(acc, image, g->width, g->channels, y, x);
                 }
             }
-            for (Py_ssize_t k = 0; k < g->channels; k++) /* the bin's mean, into (C, h, w) */
-                pooled[k * bins + i * g->pooled_w + j] = acc[k] / count;
+            for (Py_ssize_t k = 0; !backward && k < g->channels; k++) bin[k * bins] = acc[k] / count;
         }
     }
 }
@@ -144,11 +170,13 @@ static int check_rois(const float *rois, Py_ssize_t count, Py_ssize_t images, co
     return 0;
 }
 
-static PyObject *roi_align_forward(PyObject *self, PyObject *args) {
+/* roi_align_forward and roi_align_backward: the map and the pooled RoIs are buffers of the
+ * same shapes either way; `backward` says which one is read and which one written (added to). */
+static PyObject *roi_align(PyObject *args, int backward) {
     Py_buffer table, rois, out;
     Geometry g;
     double scale;
-    if (!PyArg_ParseTuple(args, "y*y*nnnnndipw*", &table, &rois, &g.channels, &g.height,
+    if (!PyArg_ParseTuple(args, "w*y*nnnnndipw*", &table, &rois, &g.channels, &g.height,
                           &g.width, &g.pooled_h, &g.pooled_w, &scale, &g.sampling_ratio,
                           &g.aligned, &out))
         return NULL;
@@ -162,7 +190,7 @@ static PyObject *roi_align_forward(PyObject *self, PyObject *args) {
     Py_ssize_t max_grid_h, max_grid_w;
     if (plane <= 0 || g.pooled_h <= 0 || g.pooled_w <= 0 || table.len != images * plane * 4 ||
         rois.len != count * 5 * 4 || out.len != count * g.channels * bins * 4) {
-        PyErr_SetString(PyExc_ValueError, "roi_align_forward: the buffers' sizes disagree");
+        PyErr_SetString(PyExc_ValueError, "roi_align: the buffers' sizes disagree");
         goto done;
     }
     if (check_rois(rois.buf, count, images, &g, &max_grid_h, &max_grid_w) < 0) goto done;
@@ -179,12 +207,12 @@ static PyObject *roi_align_forward(PyObject *self, PyObject *args) {
         float *pooled = (float *)out.buf + r * g.channels * bins;
         int finite = 1;
         for (int k = 1; k < 5; k++) finite = finite && isfinite(roi[k]);
-        if (!finite) { /* no sample of it lies on the map */
-            memset(pooled, 0, g.channels * bins * sizeof(float));
+        if (!finite) { /* no sample of it lies on the map: zeros, no gradient */
+            if (!backward) memset(pooled, 0, g.channels * bins * sizeof(float));
             continue;
         }
-        const float *image = (const float *)table.buf + (Py_ssize_t)roi[0] * plane;
-        pool_roi(image, roi, &g, acc, rows, cols, pooled);
+        float *image = (float *)table.buf + (Py_ssize_t)roi[0] * plane;
+        roi_bins(image, roi, &g, acc, rows, cols, pooled, backward);
     }
     Py_END_ALLOW_THREADS
     result = Py_NewRef(Py_None);
@@ -198,11 +226,18 @@ done:
     return result;
 }
 
+static PyObject *roi_align_forward(PyObject *self, PyObject *args) { return roi_align(args, 0); }
+
+static PyObject *roi_align_backward(PyObject *self, PyObject *args) { return roi_align(args, 1); }
+
 static PyMethodDef methods[] = {
     {"roi_align_forward", roi_align_forward, METH_VARARGS,
      "roi_align_forward(table, rois, channels, height, width, pooled_h, pooled_w, "
      "spatial_scale, sampling_ratio, aligned, out): RoIAlign of a channels-last float32 map "
      "into out (R, C, h, w)"},
+    {"roi_align_backward", roi_align_backward, METH_VARARGS,
+     "roi_align_backward(grad_table, rois, ..., grad_out): the same arguments; adds the "
+     "gradient of the map, channels last, to grad_table from grad_out (R, C, h, w)"},
     {NULL, NULL, 0, NULL},
 };
 

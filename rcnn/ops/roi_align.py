@@ -37,10 +37,11 @@ from torch import Tensor
 
 from rcnn.ops._pooling import check_rois, pair, pooled_shape
 
-try:  # the C forward pass, built at install where a C compiler was found (setup.py)
+try:  # the C kernel, built at install where a C compiler was found (setup.py)
+    from rcnn.ops._roi_align import roi_align_backward as _native_backward
     from rcnn.ops._roi_align import roi_align_forward as _native_forward
 except ImportError:
-    _native_forward = None
+    _native_forward = _native_backward = None
 _NATIVE = (torch.float32,)  # the map type the kernel reads
 
 # Taps handled together when the gradient of the weights is computed; bounds the memory of
@@ -65,7 +66,7 @@ def roi_align(
     image_index = check_rois(features, rois)
     h, w = pair(output_size)
     if _native_forward is not None and _native_applies(features, rois):
-        return _roi_align_native(features, rois, (h, w), spatial_scale, sampling_ratio, aligned)
+        return _NativeRoIAlign.apply(features, rois, (h, w), spatial_scale, sampling_ratio, aligned)
     n, c, height, width = features.shape
     cells, weights, offsets = _taps(
         rois, image_index, (height, width), (h, w), spatial_scale, sampling_ratio, aligned
@@ -79,32 +80,42 @@ def roi_align(
 
 
 def _native_applies(features: Tensor, rois: Tensor) -> bool:
-    """Whether the C forward pass serves this call: on the CPU, float32, and with no gradient
-    wanted of the map or of the boxes."""
-    wanted = torch.is_grad_enabled() and (features.requires_grad or rois.requires_grad)
-    return not wanted and features.device.type == "cpu" and features.dtype in _NATIVE
+    """Whether the C kernel serves this call: on the CPU, float32, and with no gradient wanted
+    of the boxes (a gradient of the map it computes itself)."""
+    box_gradient = torch.is_grad_enabled() and rois.requires_grad
+    return not box_gradient and features.device.type == "cpu" and features.dtype in _NATIVE
 
 
-def _roi_align_native(
-    features: Tensor,
-    rois: Tensor,
-    output_size: tuple[int, int],
-    spatial_scale: float,
-    sampling_ratio: int,
-    aligned: bool,
-) -> Tensor:
+class _NativeRoIAlign(torch.autograd.Function):
     """``roi_align`` by the C kernel (``_roi_align.c``): the same bins, samples and taps, each
-    bin's sum over its samples accumulated channel by channel, written straight into the
-    ``(R, C, h, w)`` output."""
-    h, w = output_size
-    n, c, height, width = features.shape
-    # (N, C, H, W) -> (N, H, W, C) -> (N*H*W, C): one row of C values per cell
-    table = features.permute(0, 2, 3, 1).contiguous().view(n * height * width, c)
-    out = features.new_empty((rois.shape[0], c, h, w))
-    boxes = rois.to(torch.float32).contiguous().numpy()
-    sizes = (c, height, width, h, w, spatial_scale, sampling_ratio, aligned)
-    _native_forward(table.numpy(), boxes, *sizes, out.numpy())
-    return out
+    bin's sum over its samples accumulated channel by channel and written straight into the
+    ``(R, C, h, w)`` output; backward spreads each bin's gradient over the same taps."""
+
+    @staticmethod
+    def forward(ctx, features, rois, output_size, spatial_scale, sampling_ratio, aligned):
+        n, c, height, width = features.shape
+        h, w = output_size
+        boxes = rois.detach().to(torch.float32).contiguous()
+        ctx.geometry = (c, height, width, h, w, spatial_scale, sampling_ratio, aligned)
+        ctx.map_shape = (n, height, width, c)
+        ctx.save_for_backward(boxes)
+        # (N, C, H, W) -> (N, H, W, C) -> (N*H*W, C): one row of C values per cell
+        table = features.detach().permute(0, 2, 3, 1).contiguous().view(n * height * width, c)
+        out = features.new_empty((rois.shape[0], c, h, w))
+        _native_forward(table.numpy(), boxes.numpy(), *ctx.geometry, out.numpy())
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        (boxes,) = ctx.saved_tensors
+        n, height, width, c = ctx.map_shape
+        grad_table = grad_out.new_zeros((n * height * width, c))
+        pooled = grad_out.to(torch.float32).contiguous()
+        _native_backward(grad_table.numpy(), boxes.numpy(), *ctx.geometry, pooled.numpy())
+        # (N*H*W, C) -> (N, H, W, C) -> (N, C, H, W), channels-last in memory
+        grad_features = grad_table.view(n, height, width, c).permute(0, 3, 1, 2)
+        return grad_features, None, None, None, None, None
 
 
 @torch.library.custom_op("rcnn::roi_align", mutates_args=())

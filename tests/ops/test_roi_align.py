@@ -17,18 +17,19 @@ def path(request, monkeypatch):
     return request.param
 
 
-def test_the_c_kernel_is_built_and_serves_calls_without_gradients(path):
+def test_the_c_kernel_is_built_and_serves_calls_without_box_gradients(path):
     if path == "torch":
         pytest.skip("a test of the C kernel")
     from rcnn.ops import _roi_align
 
     assert roi_align_module._native_forward is _roi_align.roi_align_forward
-    features = torch.randn(1, 2, 5, 5)
+    features = torch.randn(1, 2, 5, 5, requires_grad=True)
     rois = torch.tensor([[0.0, 0, 0, 40, 40]])
-    assert not roi_align_module._native_applies(features.requires_grad_(), rois)
-    assert roi_align(features, rois, 2, 1 / 16).grad_fn is not None  # PyTorch's path: autograd
+    assert roi_align_module._native_applies(features, rois)  # the map's gradient: in C
+    assert not roi_align_module._native_applies(features, rois.requires_grad_())  # boxes': not
     with torch.no_grad():
         assert roi_align_module._native_applies(features, rois)
+    assert not roi_align_module._native_applies(features.double(), rois.detach().double())
 
 
 @pytest.mark.parametrize("channels", [1, 7, 32, 33])
@@ -47,6 +48,24 @@ def test_the_two_paths_agree(path, channels, sampling_ratio, aligned, random_roi
     # a channels-last map (the demo's memory format) gives the same numbers
     channels_last = features.contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(roi_align(channels_last, *args[1:]), native)
+
+
+@pytest.mark.parametrize(("sampling_ratio", "aligned"), [(2, False), (-1, True)])
+def test_the_two_paths_agree_on_the_maps_gradient(path, sampling_ratio, aligned, random_rois):
+    # the C backward is the transpose of its forward; PyTorch's comes from autograd through the
+    # taps' weighted sums. Border samples (one cell read twice) and RoIs off the map included.
+    if path == "torch":
+        pytest.skip("compares the two paths itself")
+    g = torch.Generator().manual_seed(5)
+    features = torch.randn(2, 33, 9, 12, generator=g, requires_grad=True)
+    rois = random_rois(30, 2, g, size=200.0, dtype=torch.float32)
+    grad_out = torch.randn(30, 33, 7, 7, generator=g)
+    args = (rois, 7, 1 / 16, sampling_ratio, aligned)
+    (native,) = torch.autograd.grad(roi_align(features, *args), features, grad_out)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(roi_align_module, "_native_forward", None)
+        (expected,) = torch.autograd.grad(roi_align(features, *args), features, grad_out)
+    torch.testing.assert_close(native, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_a_roi_with_a_non_finite_corner_pools_zeros_in_c(path):
