@@ -12,7 +12,11 @@ Exactly torchvision's kernel:
    otherwise ``y <= 0`` reads row 0 and ``y >= H - 1`` reads row ``H - 1``.
 4. A bin's output is the mean of its samples (the zeros of step 3 included).
 
-The fast path turns steps 2-4 into one sparse weighted sum: every output value is
+Two fast paths. On the CPU, for float32 maps, when no gradient of the boxes is wanted (test
+time; approximate joint training, which needs only the map's gradient), the C kernel
+(``_roi_align.c``) walks each RoI's bins and samples, rows and columns of taps worked out once
+per RoI, and spreads each bin's gradient back over the same taps. Otherwise the PyTorch path
+turns steps 2-4 into one sparse weighted sum: every output value is
 ``sum_k w_k * F[cell_k]`` over the 4 bilinear taps of each of its samples, with
 ``w_k = bilinear weight / samples``. ``embedding_bag`` computes that sum for all RoIs at
 once, on a channels-last copy of the map. The weights are differentiable functions of the
