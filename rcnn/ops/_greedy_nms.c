@@ -1,6 +1,6 @@
 /* Greedy NMS over boxes already in visiting order: the one loop of the lineage that a
  * vectorised PyTorch formulation can only approach (rcnn/ops/nms.py), written as the textbook
- * does it, in C.
+ * does it, in C: each kept box drops the later boxes of its group that it overlaps.
  *
  * greedy_nms(boxes, labels, threshold, top_k, keep) -> count
  *   boxes      (n, 4) xyxy, float32 or float64, C-contiguous, in visiting order (best first)
@@ -12,14 +12,13 @@
  *
  * Each IoU is the same floating-point number as rcnn.boxes.box_iou computes: the same
  * operations in the same order on the same type (compiled without floating-point
- * contraction), NaN propagating through min and max as in torch.minimum and torch.maximum, and
- * NaN read as 0 and infinities as the type's largest values, as nan_to_num does; the
- * threshold is rounded to the boxes' type, as PyTorch compares a float32 tensor with a
- * Python float. The tests hold the kernel to the PyTorch path bit for bit.
+ * contraction); boxes with a NaN corner, whose IoU box_iou reads as 0, are set aside first;
+ * the threshold is rounded to the boxes' type, as PyTorch compares a float32 tensor with a
+ * Python float. The tests hold the kernel to the PyTorch path, NaN and infinite corners
+ * included.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
