@@ -80,7 +80,8 @@ def bench_ops() -> list[Timing]:
 def bench_nms() -> list[Timing]:
     """NMS on RPN-like and uniform boxes, per-class NMS, and box_iou."""
     rows = []
-    for n, target in ((6000, ""), (12000, "<= ~100")):
+    # 1,000: the small preset's proposal layer; 6,000 and 12,000: the paper's (test, train)
+    for n, target in ((1000, ""), (6000, ""), (12000, "<= ~100")):
         boxes, scores = rpn_like_boxes(n)
         kept = nms(boxes, scores, 0.7).numel()
         ms = time_ms(lambda b=boxes, s=scores: nms(b, s, 0.7))
@@ -125,7 +126,18 @@ def bench_pooling() -> list[Timing]:
         rows.append(Timing(name.replace("fwd+bwd", "forward"), detail, forward))
         backward = time_ms(lambda op=op: _forward_backward(op, features))
         rows.append(Timing(name, detail, backward, target))
-    return rows
+    return [*rows, _small_test_image_pool()]
+
+
+def _small_test_image_pool() -> Timing:
+    """RoIAlign at test time on the small backbone: a 384x512 image's 100 proposals on its
+    stride-16 map after the head's 1x1 reduction to 32 channels."""
+    boxes, _ = rpn_like_boxes(100, seed=3)
+    rois = torch.cat([torch.zeros(100, 1), boxes * 0.64], dim=1)  # 600x800 -> 384x512
+    features = torch.randn(1, 32, 24, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ms = time_ms(lambda: roi_align(features, rois, 7, 1 / 16, sampling_ratio=2))
+    return Timing("roi_align forward", "100 RoIs, 32x24x32 map, 1/16, 7x7, sampling 2", ms)
 
 
 def _forward_backward(op, features: Tensor) -> Tensor:
