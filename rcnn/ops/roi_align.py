@@ -12,11 +12,12 @@ Exactly torchvision's kernel:
    otherwise ``y <= 0`` reads row 0 and ``y >= H - 1`` reads row ``H - 1``.
 4. A bin's output is the mean of its samples (the zeros of step 3 included).
 
-Two fast paths. On the CPU, for float32 maps, when no gradient of the boxes is wanted (test
-time; approximate joint training, which needs only the map's gradient), the C kernel
-(``_roi_align.c``) walks each RoI's bins and samples, rows and columns of taps worked out once
-per RoI, and spreads each bin's gradient back over the same taps. Otherwise the PyTorch path
-turns steps 2-4 into one sparse weighted sum: every output value is
+Two fast paths. On the CPU, for float32 and bfloat16 maps (computed in float32), when no
+gradient of the boxes is wanted (test time; approximate joint training, which needs only the
+map's gradient), the C kernel (``_roi_align.c``) walks each RoI's bins and samples, rows and
+columns of taps worked out once per RoI, and spreads each bin's gradient back over the same
+taps. Otherwise the PyTorch path turns steps 2-4 into one sparse weighted sum: every output
+value is
 ``sum_k w_k * F[cell_k]`` over the 4 bilinear taps of each of its samples, with
 ``w_k = bilinear weight / samples``. ``embedding_bag`` computes that sum for all RoIs at
 once, on a channels-last copy of the map. The weights are differentiable functions of the
@@ -46,7 +47,9 @@ try:  # the C kernel, built at install where a C compiler was found (setup.py)
     from rcnn.ops._roi_align import roi_align_forward as _native_forward
 except ImportError:
     _native_forward = _native_backward = None
-_NATIVE = (torch.float32,)  # the map type the kernel reads
+# the map types the kernel serves: it computes in float32, so a bfloat16 map (a convolution's
+# output under bfloat16 autocast) is read as float32 and pooled back to bfloat16
+_NATIVE = (torch.float32, torch.bfloat16)
 
 # Taps handled together when the gradient of the weights is computed; bounds the memory of
 # that step to about 2 * _TAP_CHUNK * C values.
@@ -84,8 +87,8 @@ def roi_align(
 
 
 def _native_applies(features: Tensor, rois: Tensor) -> bool:
-    """Whether the C kernel serves this call: on the CPU, float32, and with no gradient wanted
-    of the boxes (a gradient of the map it computes itself)."""
+    """Whether the C kernel serves this call: on the CPU, float32 or bfloat16, and with no
+    gradient wanted of the boxes (a gradient of the map it computes itself)."""
     box_gradient = torch.is_grad_enabled() and rois.requires_grad
     return not box_gradient and features.device.type == "cpu" and features.dtype in _NATIVE
 
@@ -101,25 +104,26 @@ class _NativeRoIAlign(torch.autograd.Function):
         h, w = output_size
         boxes = rois.detach().to(torch.float32).contiguous()
         ctx.geometry = (c, height, width, h, w, spatial_scale, sampling_ratio, aligned)
-        ctx.map_shape = (n, height, width, c)
+        ctx.map_shape, ctx.map_dtype = (n, height, width, c), features.dtype
         ctx.save_for_backward(boxes)
         # (N, C, H, W) -> (N, H, W, C) -> (N*H*W, C): one row of C values per cell
         table = features.detach().permute(0, 2, 3, 1).contiguous().view(n * height * width, c)
-        out = features.new_empty((rois.shape[0], c, h, w))
+        table = table.to(torch.float32)
+        out = torch.empty((rois.shape[0], c, h, w))
         _native_forward(table.numpy(), boxes.numpy(), *ctx.geometry, out.numpy())
-        return out
+        return out.to(features.dtype)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         (boxes,) = ctx.saved_tensors
         n, height, width, c = ctx.map_shape
-        grad_table = grad_out.new_zeros((n * height * width, c))
+        grad_table = torch.zeros((n * height * width, c))
         pooled = grad_out.to(torch.float32).contiguous()
         _native_backward(grad_table.numpy(), boxes.numpy(), *ctx.geometry, pooled.numpy())
         # (N*H*W, C) -> (N, H, W, C) -> (N, C, H, W), channels-last in memory
         grad_features = grad_table.view(n, height, width, c).permute(0, 3, 1, 2)
-        return grad_features, None, None, None, None, None
+        return grad_features.to(ctx.map_dtype), None, None, None, None, None
 
 
 @torch.library.custom_op("rcnn::roi_align", mutates_args=())

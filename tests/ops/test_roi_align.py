@@ -30,6 +30,29 @@ def test_the_c_kernel_is_built_and_serves_calls_without_box_gradients(path):
     with torch.no_grad():
         assert roi_align_module._native_applies(features, rois)
     assert not roi_align_module._native_applies(features.double(), rois.detach().double())
+    assert roi_align_module._native_applies(features.bfloat16(), rois.detach())
+
+
+def test_a_bfloat16_map_is_pooled_in_float32_and_keeps_its_type(path, random_rois):
+    # under bfloat16 autocast the map is a convolution's bfloat16 output; the C kernel reads
+    # it as float32 and hands back bfloat16 values and a bfloat16 gradient, as PyTorch's does
+    if path == "torch":
+        pytest.skip("compares the two paths itself")
+    g = torch.Generator().manual_seed(7)
+    features = torch.randn(2, 16, 9, 12, generator=g).to(torch.bfloat16).requires_grad_()
+    rois = random_rois(20, 2, g, size=200.0, dtype=torch.float32)
+    grad_out = torch.randn(20, 16, 7, 7, generator=g).to(torch.bfloat16)
+    out = roi_align(features, rois, 7, 1 / 16, 2)
+    (grad,) = torch.autograd.grad(out, features, grad_out)
+    assert out.dtype == grad.dtype == torch.bfloat16
+    exact = roi_align(features.detach().float(), rois, 7, 1 / 16, 2)  # the same values in fp32
+    torch.testing.assert_close(out.float(), exact.to(torch.bfloat16).float())
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(roi_align_module, "_native_forward", None)
+        expected = roi_align(features, rois, 7, 1 / 16, 2)
+        (expected_grad,) = torch.autograd.grad(expected, features, grad_out)
+    torch.testing.assert_close(out.float(), expected.float(), rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(grad.float(), expected_grad.float(), rtol=2e-2, atol=5e-2)
 
 
 @pytest.mark.parametrize("channels", [1, 7, 32, 33])
