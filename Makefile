@@ -9,7 +9,7 @@ TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: demo test lint bench clean
 
-# setup.py compiles the C kernels (rcnn/ops/*.c: NMS, RoIAlign forward) into the source tree.
+# setup.py compiles the C kernels (rcnn/ops/*.c: NMS, RoIAlign) into the source tree.
 $(STAMP): pyproject.toml setup.py $(wildcard rcnn/ops/*.c)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first and pinned, so that nothing later can pull a CUDA build.

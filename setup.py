@@ -1,5 +1,5 @@
 """The compiled parts, plain C against Python's buffer protocol: NMS's greedy loop
-(rcnn/ops/_greedy_nms.c) and RoIAlign's forward pass without gradients (rcnn/ops/_roi_align.c).
+(rcnn/ops/_greedy_nms.c) and RoIAlign without box gradients (rcnn/ops/_roi_align.c).
 Optional: where no C compiler is found the install goes on and the ops use their PyTorch paths."""
 
 from setuptools import Extension, setup

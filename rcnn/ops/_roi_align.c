@@ -13,8 +13,8 @@
  *   out    (R, C, pooled_h, pooled_w) float32, C-contiguous, writable
  * roi_align_backward(grad_table, rois, ..., grad_out) takes the same arguments and adds the
  * map's gradient to grad_table (zeros to start with) from the pooled gradient grad_out.
- * A RoI with a non-finite corner pools zeros and passes no gradient (the PyTorch path cannot
- * index its samples).
+ * A RoI with a non-finite corner (or one the scale takes past float's range) pools zeros and
+ * passes no gradient (the PyTorch path cannot index its samples).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -101,29 +101,48 @@ typedef struct {
     int sampling_ratio, aligned;
 } Geometry;
 
-/* The RoI's grid of samples along an axis of `size` cut into `bins` bins. */
-static Py_ssize_t grid_of(float size, Py_ssize_t bins, int sampling_ratio) {
-    return sampling_ratio > 0 ? sampling_ratio : (Py_ssize_t)ceilf(size / bins);
+/* The RoI on the map, in torchvision's arithmetic: where it starts and how large it is. */
+typedef struct {
+    float start_x, start_y, w, h;
+} Frame;
+
+static Frame frame_of(const float *roi, const Geometry *g) {
+    float offset = g->aligned ? 0.5f : 0.0f;
+    Frame f = {roi[1] * g->scale - offset, roi[2] * g->scale - offset, 0, 0};
+    f.w = roi[3] * g->scale - offset - f.start_x;
+    f.h = roi[4] * g->scale - offset - f.start_y;
+    if (!g->aligned) {
+        f.w = f.w > 1 ? f.w : 1;
+        f.h = f.h > 1 ? f.h : 1;
+    }
+    return f;
+}
+
+/* A frame with a non-finite part (a non-finite corner, or one too large for the scale) has
+ * no sample on the map: it pools zeros and passes no gradient. */
+static int finite_frame(Frame f) {
+    return isfinite(f.start_x) && isfinite(f.start_y) && isfinite(f.w) && isfinite(f.h);
+}
+
+/* Samples a bin along an axis of `size` cut into `bins` bins (a float: checked against
+ * MAX_GRID before it becomes a count). An inside-out aligned RoI's grid is 0 here where
+ * torchvision's is negative; either way it has no samples and pools zeros. */
+static float grid_of(float size, Py_ssize_t bins, int sampling_ratio) {
+    float grid = sampling_ratio > 0 ? (float)sampling_ratio : ceilf(size / bins);
+    return grid > 0 ? grid : 0;
 }
 
 /* One RoI's bins. Forward: image -> pooled (C, h, w), each bin the mean of its samples.
  * Backward: grad (C, h, w) -> image, each sample's taps taking its share of its bin's grad.
  * Scratch: acc (C), rows (h * grid_h), cols (w * grid_w). */
-CHANNEL_LOOP static void roi_bins(float *image, const float *roi, const Geometry *g, float *acc,
+CHANNEL_LOOP static void roi_bins(float *image, Frame f, const Geometry *g, float *acc,
                                   AxisTap *rows, AxisTap *cols, float *pooled, int backward) {
-    float offset = g->aligned ? 0.5f : 0.0f;
-    float start_x = roi[1] * g->scale - offset, start_y = roi[2] * g->scale - offset;
-    float roi_w = roi[3] * g->scale - offset - start_x, roi_h = roi[4] * g->scale - offset - start_y;
-    if (!g->aligned) {
-        roi_w = roi_w > 1 ? roi_w : 1;
-        roi_h = roi_h > 1 ? roi_h : 1;
-    }
     Py_ssize_t bins = g->pooled_h * g->pooled_w;
-    Py_ssize_t grid_h = grid_of(roi_h, g->pooled_h, g->sampling_ratio);
-    Py_ssize_t grid_w = grid_of(roi_w, g->pooled_w, g->sampling_ratio);
+    Py_ssize_t grid_h = (Py_ssize_t)grid_of(f.h, g->pooled_h, g->sampling_ratio);
+    Py_ssize_t grid_w = (Py_ssize_t)grid_of(f.w, g->pooled_w, g->sampling_ratio);
     float count = (float)(grid_h * grid_w > 1 ? grid_h * grid_w : 1);
-    axis_taps(start_y, roi_h / g->pooled_h, g->pooled_h, grid_h, g->height, rows);
-    axis_taps(start_x, roi_w / g->pooled_w, g->pooled_w, grid_w, g->width, cols);
+    axis_taps(f.start_y, f.h / g->pooled_h, g->pooled_h, grid_h, g->height, rows);
+    axis_taps(f.start_x, f.w / g->pooled_w, g->pooled_w, grid_w, g->width, cols);
     for (Py_ssize_t i = 0; i < g->pooled_h; i++) {
         for (Py_ssize_t j = 0; j < g->pooled_w; j++) {
             float *bin = pooled + i * g->pooled_w + j; /* channel k at bin[k * bins] */
@@ -152,16 +171,16 @@ static int check_rois(const float *rois, Py_ssize_t count, Py_ssize_t images, co
     for (Py_ssize_t r = 0; r < count; r++) {
         const float *roi = rois + 5 * r;
         if (!(roi[0] >= 0 && roi[0] < images)) {
-            PyErr_SetString(PyExc_ValueError, "roi_align_forward: a batch index off the batch");
+            PyErr_SetString(PyExc_ValueError, "roi_align: a batch index off the batch");
             return -1;
         }
-        float size_w = fabsf(roi[3] - roi[1]) * g->scale + 1, size_h = fabsf(roi[4] - roi[2]) * g->scale + 1;
-        if (!isfinite(size_w) || !isfinite(size_h)) continue; /* pools zeros */
-        float grid_h = g->sampling_ratio > 0 ? g->sampling_ratio : ceilf(size_h / g->pooled_h);
-        float grid_w = g->sampling_ratio > 0 ? g->sampling_ratio : ceilf(size_w / g->pooled_w);
+        Frame f = frame_of(roi, g);
+        if (!finite_frame(f)) continue;
+        float grid_h = grid_of(f.h, g->pooled_h, g->sampling_ratio);
+        float grid_w = grid_of(f.w, g->pooled_w, g->sampling_ratio);
         if (grid_h > MAX_GRID || grid_w > MAX_GRID) {
             PyErr_SetString(PyExc_ValueError,
-                            "roi_align_forward: a RoI too large for an adaptive sampling grid");
+                            "roi_align: a RoI too large for an adaptive sampling grid");
             return -1;
         }
         *max_grid_h = grid_h > *max_grid_h ? (Py_ssize_t)grid_h : *max_grid_h;
@@ -205,14 +224,13 @@ static PyObject *roi_align(PyObject *args, int backward) {
     for (Py_ssize_t r = 0; r < count; r++) {
         const float *roi = (const float *)rois.buf + 5 * r;
         float *pooled = (float *)out.buf + r * g.channels * bins;
-        int finite = 1;
-        for (int k = 1; k < 5; k++) finite = finite && isfinite(roi[k]);
-        if (!finite) { /* no sample of it lies on the map: zeros, no gradient */
+        Frame f = frame_of(roi, &g);
+        if (!finite_frame(f)) {
             if (!backward) memset(pooled, 0, g.channels * bins * sizeof(float));
             continue;
         }
         float *image = (float *)table.buf + (Py_ssize_t)roi[0] * plane;
-        roi_bins(image, roi, &g, acc, rows, cols, pooled, backward);
+        roi_bins(image, f, &g, acc, rows, cols, pooled, backward);
     }
     Py_END_ALLOW_THREADS
     result = Py_NewRef(Py_None);

@@ -63,6 +63,7 @@ def test_the_two_paths_agree(path, channels, sampling_ratio, aligned, random_roi
     g = torch.Generator().manual_seed(channels)
     features = torch.randn(3, channels, 13, 17, generator=g)
     rois = random_rois(40, 3, g, size=250.0, dtype=torch.float32)
+    rois[0, 1:] = torch.tensor([80.0, 60.0, 70.0, 50.0])  # inside-out: no samples when aligned
     args = (features, rois, 7, 1 / 16, sampling_ratio, aligned)
     native = roi_align(*args)
     with pytest.MonkeyPatch.context() as patch:
@@ -97,6 +98,9 @@ def test_a_roi_with_a_non_finite_corner_pools_zeros_in_c(path):
     features = torch.randn(1, 3, 6, 6)
     rois = torch.tensor([[0.0, float("nan"), 0, 40, 40], [0.0, 0, 0, float("inf"), 40]])
     assert roi_align(features, rois, 2, 1 / 16, sampling_ratio=-1).abs().sum() == 0
+    # finite corners that the scale takes past float32's range
+    huge = torch.tensor([[0.0, 0, 0, 3e38, 40]])
+    assert roi_align(features, huge, 2, 16.0, sampling_ratio=-1).abs().sum() == 0
 
 
 def test_hand_computed_samples():
