@@ -7,18 +7,14 @@ from hypothesis import strategies as st
 
 from rcnn.boxes import box_iou
 from rcnn.ops import batched_nms, nms
+from tests.ops.kernels import on_both_paths
 
 nms_module = importlib.import_module("rcnn.ops.nms")
 nms_reference = nms_module.nms_reference
 batched_nms_reference = nms_module.batched_nms_reference
 
 
-@pytest.fixture(autouse=True, params=["native", "torch"])
-def path(request, monkeypatch):
-    """Every test runs on both paths of the greedy step: the C kernel and the PyTorch blocks."""
-    if request.param == "torch":
-        monkeypatch.setattr(nms_module, "_native_greedy", None)
-    return request.param
+path = on_both_paths(nms_module, "_native_greedy", "the greedy step")
 
 
 def test_the_c_kernel_is_built(path):

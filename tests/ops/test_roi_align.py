@@ -4,17 +4,13 @@ import pytest
 import torch
 
 from rcnn.ops import roi_align
+from tests.ops.kernels import on_both_paths
 
 roi_align_module = importlib.import_module("rcnn.ops.roi_align")
 roi_align_reference = roi_align_module.roi_align_reference
 
 
-@pytest.fixture(autouse=True, params=["native", "torch"])
-def path(request, monkeypatch):
-    """Every test runs on both forward paths: the C kernel (no gradient wanted) and PyTorch's."""
-    if request.param == "torch":
-        monkeypatch.setattr(roi_align_module, "_native_forward", None)
-    return request.param
+path = on_both_paths(roi_align_module, "_native_forward", "RoIAlign")
 
 
 def test_the_c_kernel_is_built_and_serves_calls_without_box_gradients(path):
