@@ -41,6 +41,11 @@ class TrainConfig:
     amp: bool = False  # mixed precision: float16 + GradScaler on CUDA, bfloat16 on the CPU
     channels_last: bool = False  # NHWC images and weights for the convolutions
     compile: bool = False  # torch.compile the trunk (the first steps take longer)
+    # FreezeOut (Brock et al., 2017): once a stage is ``freeze_at`` through, the trunk's layers
+    # up to and including ``freeze_through`` (a layer's name, e.g. "conv2_2") stop training,
+    # and each step's backward pass stops before them; "" freezes nothing
+    freeze_through: str = ""
+    freeze_at: float = 0.5
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:

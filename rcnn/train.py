@@ -177,6 +177,9 @@ class Trainer:
             group_by_aspect=True,
         )
         self.position = Position()
+        if config.train.freeze_through:  # a layer the trunk lacks fails now, not mid-run
+            early_layers(self.model.trunk, config.train.freeze_through)
+        self.frozen_in_stage: int | None = None  # the stage whose early layers were frozen
         # (path, problem) -> how often it was skipped, over every session of the run
         self.skipped_images: dict[tuple[str, str], int] = {}
         self.optimizer: torch.optim.Optimizer | None = None
@@ -291,9 +294,9 @@ class Trainer:
     def step(self, samples) -> dict[str, float]:
         """One SGD iteration on a list of Samples; the losses as floats."""
         batch = self.batch(samples)
-        factor = learning_rate_factor(
-            self.config.train, self.position.step, self.plan.progress(self.position)
-        )
+        progress = self.plan.progress(self.position)
+        self.maybe_freeze(progress)
+        factor = learning_rate_factor(self.config.train, self.position.step, progress)
         set_learning_rate(self.optimizer, factor)
         with self.autocast():
             losses = self.network(batch)
@@ -314,6 +317,21 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return means
+
+    def maybe_freeze(self, progress: float) -> None:
+        """FreezeOut (``train.freeze_through``, ``train.freeze_at``): once the stage is far
+        enough through, its early trunk layers stop training. Their parameters stay in the
+        optimizer (a resumed run finds the state it saved) but take no more gradients, their
+        BatchNorm keeps its statistics (``training_mode``), and DDP is built again around
+        what still trains. A resumed run freezes again at its first step."""
+        train, stage = self.config.train, self.position.stage
+        if not train.freeze_through or progress < train.freeze_at or self.frozen_in_stage == stage:
+            return
+        for layer in early_layers(self.model.trunk, train.freeze_through):
+            layer.requires_grad_(False)
+        training_mode(self.model)
+        self.network = distributed.wrap(self.model, self.world)
+        self.frozen_in_stage = stage
 
     def batch(self, samples) -> ImageBatch:
         """Samples -> an ImageBatch on the training device (channels-last images if asked)."""
@@ -393,6 +411,21 @@ class Trainer:
             for saved, now in zip(meta["param_groups"], current, strict=True)
         ]
         self.optimizer.load_state_dict({"state": per_param, "param_groups": groups})
+
+
+def early_layers(trunk: nn.Module, last: str) -> list[nn.Module]:
+    """The trunk's layers (its children, in order) up to and including the one named
+    ``last``; none for ``last`` = ""."""
+    if not last:
+        return []
+    children = list(trunk.named_children())
+    names = [name for name, _ in children]
+    if last not in names:
+        raise RcnnError(
+            f"train.freeze_through: the trunk has no layer {last!r}; its layers: "
+            + ", ".join(names)
+        )
+    return [layer for _, layer in children[: names.index(last) + 1]]
 
 
 def training_mode(model: nn.Module) -> None:

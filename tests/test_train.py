@@ -1,5 +1,6 @@
 import dataclasses
 import functools
+import itertools
 import time
 
 import pytest
@@ -47,12 +48,19 @@ def weights(trainer):
     return {k: v.clone() for k, v in trainer.model.state_dict().items()}
 
 
-def test_a_resumed_run_ends_with_the_same_weights(tmp_path, monkeypatch):
-    straight = make_trainer(tmp_path / "straight")
+# FreezeOut from step 4 of 8: the tiny trunk's first two convolutions (children 0-3) stop
+FREEZING = dataclasses.replace(
+    RUN, train=dataclasses.replace(RUN.train, freeze_through="3", freeze_at=0.5)
+)
+
+
+@pytest.mark.parametrize("config", [RUN, FREEZING], ids=["plain", "freezeout"])
+def test_a_resumed_run_ends_with_the_same_weights(tmp_path, monkeypatch, config):
+    straight = make_trainer(tmp_path / "straight", config)
     assert straight.run()
     expected = weights(straight)
 
-    crashing = make_trainer(tmp_path / "resumed")
+    crashing = make_trainer(tmp_path / "resumed", config)
     original_step = Trainer.step
     calls = {"n": 0}
 
@@ -72,10 +80,39 @@ def test_a_resumed_run_ends_with_the_same_weights(tmp_path, monkeypatch):
         2,
         6,
     )
-    resumed = make_trainer(tmp_path / "resumed")
+    resumed = make_trainer(tmp_path / "resumed", config)
     assert resumed.run(resume=True)
     for name, value in weights(resumed).items():
         assert torch.equal(value, expected[name]), name
+
+
+def test_freezeout_stops_the_early_layers_from_its_point_on(tmp_path, monkeypatch):
+    trainer = make_trainer(tmp_path, FREEZING)
+    trunk = trainer.model.trunk
+    seen = []  # (first conv, second conv, last conv) weights before each step
+    original_step = Trainer.step
+
+    def recorded(self, samples):
+        seen.append([trunk[i].weight.detach().clone() for i in (0, 3, 9)])
+        return original_step(self, samples)
+
+    monkeypatch.setattr(Trainer, "step", recorded)
+    assert trainer.run()
+    seen.append([trunk[i].weight.detach().clone() for i in (0, 3, 9)])
+    changed = [
+        [not torch.equal(a, b) for a, b in zip(before, after, strict=True)]
+        for before, after in itertools.pairwise(seen)
+    ]
+    # steps 1-4 train every layer; from step 5 (progress 4/8) the early ones stay put
+    assert changed == [[True, True, True]] * 4 + [[False, False, True]] * 4
+    assert [p.requires_grad for p in trunk[3].parameters()] == [False, False]
+    assert all(p.requires_grad for p in trunk[4:].parameters())
+
+
+def test_freezeout_names_the_trunk_layers_when_one_is_missing(tmp_path):
+    config = dataclasses.replace(RUN, train=dataclasses.replace(RUN.train, freeze_through="conv9"))
+    with pytest.raises(RcnnError, match=r"freeze_through: the trunk has no layer 'conv9'.*0, 1, 2"):
+        make_trainer(tmp_path, config)
 
 
 def test_images_held_in_memory_train_exactly_as_streamed_and_are_drawn_once(tmp_path, monkeypatch):
