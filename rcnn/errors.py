@@ -12,3 +12,6 @@ class BadSampleError(RcnnError):
         super().__init__(f"{path}: {problem}")
         self.path = path
         self.problem = problem
+
+    def __reduce__(self):  # rebuilt from both arguments when it comes back from a process
+        return type(self), (self.path, self.problem)

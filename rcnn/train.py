@@ -145,7 +145,7 @@ class Trainer:
     ):
         world = world or World()  # one process unless torchrun started several
         if config.train.cache_images:
-            dataset = InMemory(dataset, threads=torch.get_num_threads())
+            dataset = InMemory(dataset, processes=torch.get_num_threads())
         # a deadline (a time.time() by which this session stops) also bounds the budget, so
         # that the schedule has run its course by then
         if deadline is not None:
