@@ -80,10 +80,11 @@ def preset(model: ModelName, backbone: str) -> RunConfig:
     # AdamW's decoupled weight decay at 0.1 rather than the papers' SGD value 5e-4 (which AdamW
     # barely feels): 0.889 against 0.877 (0.05: 0.886), the gap to the training images' 0.918
     # being the larger part of what was left
-    # FreezeOut: conv1-conv2_2 (stride 2-4, whose backward is a fifth of a step) stop training
-    # 40% of the way through: steps 142 against ~180 ms after that on the AVX2 host, 2,830
-    # steps in the demo's time against 2,340 and mAP50 0.823 against 0.788 (one pair of runs
-    # in the same slow hour)
+    # No FreezeOut (train.freeze_through): freezing conv1-conv2_2 40% of the way through made
+    # the later steps 10-21% faster on the AVX2 host, but the demo's accuracy for its steps
+    # fell about as much as the extra steps bought (mAP50 0.811 and 0.823 at 2,750 and 2,830
+    # steps against 0.821-0.840 at 2,770-2,800 without), and freezing through conv3_2 (which
+    # the head pools) cost more (0.762 at 2,800)
     faster = model == "faster-rcnn"
     optimizer, rate, schedule = ("adamw", 0.002, "cosine") if faster else ("sgd", rate, "step")
     decay = 0.1 if faster else TrainConfig.weight_decay
@@ -100,8 +101,6 @@ def preset(model: ModelName, backbone: str) -> RunConfig:
             warmup_iterations=100,
             lr_schedule=schedule,
             lr_steps=(0.75, 0.92),
-            freeze_through="conv2_2" if faster else "",
-            freeze_at=0.4,
         ),
         faster_rcnn=dataclasses.replace(
             config.faster_rcnn,
