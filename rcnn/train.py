@@ -415,9 +415,7 @@ class Trainer:
 
 def early_layers(trunk: nn.Module, last: str) -> list[nn.Module]:
     """The trunk's layers (its children, in order) up to and including the one named
-    ``last``; none for ``last`` = ""."""
-    if not last:
-        return []
+    ``last`` (``train.freeze_through``)."""
     children = list(trunk.named_children())
     names = [name for name, _ in children]
     if last not in names:
