@@ -1,10 +1,12 @@
 """Training images held in memory: each image is decoded (or, for ``shapes``, drawn) once,
 before the first step, instead of once per epoch in the loader's workers.
 
-The images are loaded by forked processes, a chunk at a time, and come back pickled: drawing a
+The images are loaded by worker processes, a chunk at a time, and come back pickled: drawing a
 shapes image is mostly Python, which threads run one at a time under the GIL (the demo's 4,000
-images: 29-31 s on 2 threads, 21-23 s on 2 processes on the AVX2 host). Where fork is missing,
-with one process or one chunk, they load in this process.
+images: 29-31 s on 2 threads, 21-23 s on 2 processes on the AVX2 host). The workers start as
+the platform starts processes by default: forked on Linux, inheriting the data set; spawned
+elsewhere (macOS, where forking is unsafe), the data set pickled to them. With one process or
+one chunk the images load in this process.
 
 On a 2-core machine the workers' decoding competes with training for the same cores: the
 demo's Faster R-CNN made 16% more steps in the same minutes with the shapes set in memory
@@ -57,37 +59,33 @@ class InMemory(DatasetView):
 
 CHUNK = 64  # images a process loads and sends back at a time
 
-_forked_dataset: DetectionDataset | None = None  # the data set a forked loader process reads
+_worker_dataset: DetectionDataset | None = None  # the data set a loader process reads
 
 
 def _load_all(dataset: DetectionDataset, processes: int) -> list[Sample | BadSampleError]:
     """Every sample of ``dataset`` (or its error), in order."""
     indices = range(len(dataset))
-    if (
-        processes < 2
-        or len(dataset) <= CHUNK
-        or "fork" not in multiprocessing.get_all_start_methods()
-    ):
+    if processes < 2 or len(dataset) <= CHUNK:
         return [_load(dataset, i) for i in indices]
     chunks = [indices[start : start + CHUNK] for start in indices[::CHUNK]]
-    # forked, the processes inherit the data set as it is here: nothing to pickle on the way in
-    context = multiprocessing.get_context("fork")
+    # forked, the workers inherit the data set as it is here; spawned, they unpickle it
+    context = multiprocessing.get_context()
     with ProcessPoolExecutor(processes, context, initializer=_adopt, initargs=(dataset,)) as pool:
         return [sample for blob in pool.map(_load_chunk, chunks) for sample in pickle.loads(blob)]
 
 
 def _adopt(dataset: DetectionDataset) -> None:
-    global _forked_dataset
-    _forked_dataset = dataset
+    global _worker_dataset
+    _worker_dataset = dataset
 
 
 def _load_chunk(indices: range) -> bytes:
     """In a loader process: the chunk's samples, pickled by value (not as shared-memory
     handles, which would hold one file descriptor per image)."""
-    assert _forked_dataset is not None
+    assert _worker_dataset is not None
     buffer = io.BytesIO()
     _ArrayPickler(buffer, pickle.HIGHEST_PROTOCOL).dump(
-        [_load(_forked_dataset, i) for i in indices]
+        [_load(_worker_dataset, i) for i in indices]
     )
     return buffer.getvalue()
 

@@ -49,6 +49,17 @@ def test_holds_the_same_samples_and_draws_each_image_once(processes, small_chunk
     assert Counting.draws.value == 5
 
 
+def test_spawned_processes_load_the_same_samples(small_chunks, monkeypatch):
+    # the start method of platforms without a safe fork (macOS): the data set is pickled over
+    spawn = multiprocessing.get_context("spawn")
+    monkeypatch.setattr(memory.multiprocessing, "get_context", lambda: spawn)
+    plain = ShapesDataset("train", size=5, config=SMALL)
+    cached = InMemory(ShapesDataset("train", size=5, config=SMALL), processes=2)
+    for i in range(5):
+        assert torch.equal(cached[i].image, plain[i].image)
+        assert torch.equal(cached.annotation(i).boxes, plain.annotation(i).boxes)
+
+
 @pytest.mark.parametrize("processes", [1, 2])
 def test_a_bad_image_stays_bad_and_is_skipped_by_a_loader(make_voc, processes, monkeypatch):
     monkeypatch.setattr(memory, "CHUNK", 1)  # each image from a process of its own
