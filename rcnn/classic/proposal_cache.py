@@ -30,9 +30,9 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from rcnn.classic.pool import process_pool
 from rcnn.classic.selective_search import SelectiveSearchConfig, selective_search
 from rcnn.files import atomic_write
+from rcnn.pool import process_pool
 
 # Bump when selective search's output for the same settings changes, to retire old caches.
 CACHE_VERSION = 1

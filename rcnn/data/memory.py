@@ -3,10 +3,10 @@ before the first step, instead of once per epoch in the loader's workers.
 
 The images are loaded by worker processes, a chunk at a time, and come back pickled: drawing a
 shapes image is mostly Python, which threads run one at a time under the GIL (the demo's 4,000
-images: 29-31 s on 2 threads, 21-23 s on 2 processes on the AVX2 host). The workers start as
-the platform starts processes by default: forked on Linux, inheriting the data set; spawned
-elsewhere (macOS, where forking is unsafe), the data set pickled to them. With one process or
-one chunk the images load in this process.
+images: 29-31 s on 2 threads, 21-23 s on 2 processes on the AVX2 host). The workers are
+``rcnn.pool``'s: forked where the platform can fork, inheriting the data set, single-threaded;
+spawned elsewhere, the data set pickled to them. With one process or one chunk the images
+load in this process.
 
 On a 2-core machine the workers' decoding competes with training for the same cores: the
 demo's Faster R-CNN made 16% more steps in the same minutes with the shapes set in memory
@@ -17,15 +17,14 @@ annotated image sizes is checked against the memory available before anything is
 from __future__ import annotations
 
 import io
-import multiprocessing
 import os
 import pickle
-from concurrent.futures import ProcessPoolExecutor
 
 import torch
 
 from rcnn.data.dataset import DatasetView, DetectionDataset, Sample
 from rcnn.errors import BadSampleError, RcnnError
+from rcnn.pool import process_pool
 from rcnn.structures import Annotation
 
 # At most this share of the memory available now may hold the images.
@@ -68,9 +67,7 @@ def _load_all(dataset: DetectionDataset, processes: int) -> list[Sample | BadSam
     if processes < 2 or len(dataset) <= CHUNK:
         return [_load(dataset, i) for i in indices]
     chunks = [indices[start : start + CHUNK] for start in indices[::CHUNK]]
-    # forked, the workers inherit the data set as it is here; spawned, they unpickle it
-    context = multiprocessing.get_context()
-    with ProcessPoolExecutor(processes, context, initializer=_adopt, initargs=(dataset,)) as pool:
+    with process_pool(processes, _adopt, (dataset,)) as pool:
         return [sample for blob in pool.map(_load_chunk, chunks) for sample in pickle.loads(blob)]
 
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import rcnn.data.memory as memory
+import rcnn.pool as pool
 from rcnn.data.loader import make_loader
 from rcnn.data.memory import InMemory
 from rcnn.data.shapes import ShapesConfig, ShapesDataset
@@ -50,9 +51,9 @@ def test_holds_the_same_samples_and_draws_each_image_once(processes, small_chunk
 
 
 def test_spawned_processes_load_the_same_samples(small_chunks, monkeypatch):
-    # the start method of platforms without a safe fork (macOS): the data set is pickled over
+    # the start method where the platform cannot fork: the data set is pickled over
     spawn = multiprocessing.get_context("spawn")
-    monkeypatch.setattr(memory.multiprocessing, "get_context", lambda: spawn)
+    monkeypatch.setattr(pool.multiprocessing, "get_context", lambda method=None: spawn)
     plain = ShapesDataset("train", size=5, config=SMALL)
     cached = InMemory(ShapesDataset("train", size=5, config=SMALL), processes=2)
     for i in range(5):

@@ -1,4 +1,5 @@
-"""Worker processes for the CPU-bound classic steps (selective search over strategies or images)."""
+"""Worker processes for CPU-bound work in Python: selective search over images (R-CNN's and
+SPPNet's proposals), and drawing or decoding the training images a run holds in memory."""
 
 from __future__ import annotations
 
