@@ -72,7 +72,8 @@ def test_a_bad_image_stays_bad_and_is_skipped_by_a_loader(make_voc, processes, m
         with pytest.raises(BadSampleError, match=r"a.jpg: .*not an image"):
             cached[0]
     assert cached[1].image.shape[0] == 3
-    (batch,) = list(make_loader(cached, batch_size=2, skip_bad=True))
+    with pytest.warns(UserWarning, match=r"skipped a bad sample: .*a.jpg"):
+        (batch,) = list(make_loader(cached, batch_size=2, skip_bad=True))
     assert [s.index for s in batch] == [1] and batch.skipped[0][0].endswith("a.jpg")
 
 
