@@ -134,13 +134,13 @@ def test_the_demo_refuses_minutes_that_leave_no_time_to_train(tmp_path, capsys):
     earlier = tmp_path / "demo"
     earlier.mkdir()
     (earlier / runs.DEMO_MARKER).write_text("")
-    # 1 minute less the 50 s held back for evaluation leaves ~10 s, under the 60 s minimum
-    assert main(["demo", f"--out={earlier}", "--minutes=1"]) == 1
-    assert "the demo's 1 minutes leave 10 s to train once 50 s" in capsys.readouterr().err
-    # the install took the time: 10 minutes from a start 9 minutes ago
-    started = time.time() - 9 * 60
+    # 1.5 minutes less the 60 s held back for evaluation leave ~30 s, under the 60 s minimum
+    assert main(["demo", f"--out={earlier}", "--minutes=1.5"]) == 1
+    assert "the demo's 1.5 minutes leave 30 s to train once 60 s" in capsys.readouterr().err
+    # the install took the time: 10 minutes from a start 8.5 minutes ago
+    started = time.time() - 8.5 * 60
     assert main(["demo", f"--out={earlier}", f"--started={started}"]) == 1
-    assert "leave 10 s to train" in capsys.readouterr().err
+    assert "leave 30 s to train" in capsys.readouterr().err
     assert main(["demo", f"--out={earlier}", f"--started={time.time() + 60}"]) == 1
     assert "is in the future" in capsys.readouterr().err
     assert (earlier / runs.DEMO_MARKER).exists()  # refused before anything was replaced
