@@ -22,7 +22,6 @@ rank's random state) and the logs (``rcnn.logs``). ``train.amp``, ``train.channe
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 import types
@@ -337,10 +336,7 @@ class Trainer:
         """Samples -> an ImageBatch on the training device (channels-last images if asked)."""
         mean, std = self.pixel_stats
         batch = make_batch(samples, mean, std, self.config.input.size_divisible).to(self.device)
-        if not self.config.train.channels_last:
-            return batch
-        images = batch.images.contiguous(memory_format=torch.channels_last)
-        return dataclasses.replace(batch, images=images)
+        return batch.channels_last() if self.config.train.channels_last else batch
 
     def autocast(self) -> torch.autocast:
         """Mixed precision when train.amp: float16 on CUDA (with the GradScaler), bfloat16 on

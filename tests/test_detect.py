@@ -1,6 +1,7 @@
 """``rcnn detect`` on a folder and on a COCO data set, writing COCO results JSON."""
 
 import contextlib
+import dataclasses
 import io
 import json
 
@@ -137,3 +138,26 @@ def test_flip_testing_toggles_on_a_run_and_only_where_the_model_has_it(tmp_path,
     assert main(["detect", str(rcnn_run), str(tmp_path / "a.png"), "--flip"]) == 1
     error = capsys.readouterr().err
     assert f"{rcnn_run}: flip testing is for fast-rcnn and faster-rcnn runs, not rcnn" in error
+
+
+def test_a_run_trained_channels_last_detects_channels_last_and_finds_the_same(tmp_path, run_dir):
+    nhwc_run = tmp_path / "nhwc"
+    nhwc_run.mkdir()
+    config = preset("faster-rcnn", "small")
+    config = dataclasses.replace(
+        config, train=dataclasses.replace(config.train, channels_last=True)
+    )
+    write_run_config(nhwc_run, config, CLASSES, "shapes")
+    (nhwc_run / WEIGHTS).write_bytes((run_dir / WEIGHTS).read_bytes())
+    image = torch.randint(0, 256, (3, 60, 90), dtype=torch.uint8)
+    plain, nhwc = Detector.load(run_dir), Detector.load(nhwc_run)
+    layouts = []
+    conv = nhwc.model.trunk.conv1.conv
+    conv.register_forward_pre_hook(
+        lambda _, args: layouts.append(args[0].is_contiguous(memory_format=torch.channels_last))
+    )
+    found, expected = nhwc.detect([image])[0], plain.detect([image])[0]
+    assert layouts == [True] and conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert len(found) == len(expected) > 0
+    torch.testing.assert_close(found.scores, expected.scores, atol=1e-5, rtol=0)
+    torch.testing.assert_close(found.boxes, expected.boxes, atol=1e-3, rtol=0)
