@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import tempfile
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -124,11 +125,16 @@ def _check_writable(path: Path) -> None:
 
 @contextmanager
 def _quiet_exporter():
-    """Silence the exporter's notes about torchvision, which this package does not use."""
+    """Silence the exporter's notes about torchvision, which this package does not use, and
+    the deprecation warning of a pytree API that torch 2.13's exporter itself still calls."""
     logger = logging.getLogger("torch.onnx._internal.exporter._registration")
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning
+            )
+            yield
     finally:
         logger.setLevel(level)
