@@ -10,14 +10,14 @@ TEST_STAMP := $(VENV)/.installed-test
 .PHONY: demo test lint bench clean
 
 # setup.py compiles the C kernels (rcnn/ops/*.c: NMS, RoIAlign) into the source tree.
+# torch first and pinned, so that nothing later can pull a CUDA build.
+# --no-compile: pip would byte-compile every module of every package (torch and sympy
+# alone are 3,800 files, most never imported), 75 s of install against 43 here
+# (three fresh clones each); the modules the command line uses are compiled instead by
+# importing them once with bytecode writing allowed (torch._dynamo: AdamW's constructor
+# imports it), so no later run compiles them again.
 $(STAMP): pyproject.toml setup.py $(wildcard rcnn/ops/*.c)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	# torch first and pinned, so that nothing later can pull a CUDA build.
-	# --no-compile: pip would byte-compile every module of every package (torch and sympy
-	# alone are 3,800 files, most never imported), 75 s of install against 43 here
-	# (three fresh clones each); the modules the command line uses are compiled instead by
-	# importing them once with bytecode writing allowed (torch._dynamo: AdamW's constructor
-	# imports it), so no later run compiles them again.
 	$(BIN)/pip install -q --no-compile torch==2.13.0
 	$(BIN)/pip install -q --no-compile -e .
 	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -c "import rcnn.cli, rcnn.runs, torch._dynamo"
