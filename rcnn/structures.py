@@ -5,7 +5,7 @@ Both hold boxes in the conventions of ``rcnn.boxes`` (float xyxy pixels, labels 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -90,10 +90,6 @@ class ImageBatch:
         return ImageBatch(
             self.images.to(device), self.image_sizes, self.scales, annotations, proposals
         )
-
-    def channels_last(self) -> ImageBatch:
-        """The same batch, its images in channels-last (NHWC) memory layout."""
-        return replace(self, images=self.images.contiguous(memory_format=torch.channels_last))
 
     def mirrored_images(self) -> Tensor:
         """``images`` mirrored left-right, each within its own width, so that the padding stays

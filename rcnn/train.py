@@ -335,8 +335,9 @@ class Trainer:
     def batch(self, samples) -> ImageBatch:
         """Samples -> an ImageBatch on the training device (channels-last images if asked)."""
         mean, std = self.pixel_stats
-        batch = make_batch(samples, mean, std, self.config.input.size_divisible).to(self.device)
-        return batch.channels_last() if self.config.train.channels_last else batch
+        config = self.config
+        layout = config.train.channels_last
+        return make_batch(samples, mean, std, config.input.size_divisible, layout).to(self.device)
 
     def autocast(self) -> torch.autocast:
         """Mixed precision when train.amp: float16 on CUDA (with the GradScaler), bfloat16 on

@@ -118,11 +118,18 @@ class TrainTransform:
 
 
 def make_batch(
-    samples: Sequence[Sample], mean: Sequence[float], std: Sequence[float], size_divisible: int
+    samples: Sequence[Sample],
+    mean: Sequence[float],
+    std: Sequence[float],
+    size_divisible: int,
+    channels_last: bool = False,
 ) -> ImageBatch:
-    """Transformed Samples -> the ImageBatch a detector takes: normalised, zero-padded images,
-    their sizes and scales, their annotations and proposals (in the resized pixels)."""
+    """Transformed Samples -> the ImageBatch a detector takes: normalised, zero-padded images
+    (in channels-last memory layout if ``channels_last``: ``train.channels_last``), their sizes
+    and scales, their annotations and proposals (in the resized pixels)."""
     images, sizes = batch_images([normalize(s.image, mean, std) for s in samples], size_divisible)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
     proposals = (
         [s.proposals for s in samples] if all(s.proposals is not None for s in samples) else None
     )
